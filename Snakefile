@@ -1,0 +1,35 @@
+# melanoma-repro: every table and figure of five melanoma studies, from the raw ISIC archives.
+#
+#   raw archives --ingest--> manifests --prepare--> features / models --evaluate--> tables, figures
+#   (resources/)             (results/data/)        (results/<paper>/)              scorecard + report
+#
+# `snakemake --cores all` runs the embedded default (synthetic archives written by the workflow);
+# `snakemake --cores all --configfile config/isic.yaml` runs the papers' settings on the real archives.
+
+from snakemake.utils import min_version
+
+min_version("9")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+# ---- shared: config validation, paths, input functions ----
+include: "workflow/rules/common.smk"
+# ---- data: archives (synthetic twin or download), ingest, manifests, image cache, splits ----
+include: "workflow/rules/data.smk"
+# ---- the papers ----
+include: "workflow/rules/gcn_mil.smk"
+include: "workflow/rules/sp_graphs.smk"
+include: "workflow/rules/effnet_ham.smk"
+# ---- scorecard, rule graphs, report ----
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

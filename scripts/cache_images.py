@@ -1,0 +1,13 @@
+"""Rule cache_images: one shard of one dataset at one working resolution."""
+
+from melrepro.imagecache import cache_images
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+cache_images(
+    snakemake.input.manifest,
+    snakemake.params.folder,
+    int(snakemake.wildcards.shard),
+    snakemake.wildcards.res,
+    snakemake.output.shard,
+)

@@ -1,0 +1,14 @@
+"""Rule make_split: one named split of one dataset, as data."""
+
+from melrepro.logs import log_to_file
+from melrepro.splits import write_split
+
+log_to_file(snakemake.log[0])
+name = snakemake.wildcards.split_name
+splits = snakemake.params.splits
+options = {"seed": snakemake.params.seed}
+if name in ("lesion_70_15_15", "patient_85_15"):
+    options["fractions"] = splits.get(name)
+if name == "cv10":
+    options["n_folds"] = splits.get("cv_folds", 10)
+write_split(snakemake.input.manifest, name, snakemake.output.split, **options)

@@ -1,0 +1,210 @@
+"""Reading files out of one dataset's archive folder: zips (safely), plain files, checked CSVs."""
+
+from __future__ import annotations
+
+import difflib
+import io
+import logging
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from melrepro.layouts import CsvSpec
+
+__all__ = ["ArchiveFolder", "IngestError", "read_checked_csv", "split_uri"]
+
+logger = logging.getLogger(__name__)
+
+URI_SEPARATOR = "::"
+
+
+class IngestError(ValueError):
+    """Bad input in an archive: the message names the file (and row/column) and what was expected."""
+
+
+def split_uri(uri: str) -> tuple[str, str | None]:
+    """``"a.zip::dir/x.jpg"`` -> ``("a.zip", "dir/x.jpg")``; a plain path -> ``(path, None)``."""
+    if URI_SEPARATOR in uri:
+        file, member = uri.split(URI_SEPARATOR, 1)
+        return file, member
+    return uri, None
+
+
+def _check_member_name(zip_path: Path, name: str) -> None:
+    # Zip-slip: a member that would land outside the archive root if unpacked is a sign of a
+    # tampered or broken archive. We never unpack, but we refuse to index such an archive.
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or (pure.parts and pure.parts[0].endswith(":")):
+        raise IngestError(
+            f"{zip_path}: member {name!r} points outside the archive root "
+            "(absolute path or '..'); expected relative paths under the official folder"
+        )
+
+
+class ArchiveFolder:
+    """The files of one dataset under ``resources/archives/<dataset>/``.
+
+    Zips are opened once and kept open; every member name is checked for zip-slip when the
+    zip is first opened, and a truncated or corrupt zip raises :class:`IngestError` naming it.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._zips: dict[str, zipfile.ZipFile] = {}
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def zip(self, name: str) -> zipfile.ZipFile:
+        if name not in self._zips:
+            path = self.path(name)
+            if not path.exists():
+                raise IngestError(f"{path}: archive file is missing")
+            try:
+                archive = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as error:
+                raise IngestError(
+                    f"{path}: not a readable zip ({error}); the file is truncated or corrupt: "
+                    "download it again"
+                ) from None
+            for member in archive.namelist():
+                _check_member_name(path, member)
+            self._zips[name] = archive
+        return self._zips[name]
+
+    def members(self, zip_name: str, folder: str) -> list[str]:
+        """Members of ``zip_name`` directly inside ``folder/`` (files only), sorted."""
+        prefix = folder.rstrip("/") + "/"
+        names = []
+        for info in self.zip(zip_name).infolist():
+            if info.is_dir() or not info.filename.startswith(prefix):
+                continue
+            if "/" in info.filename[len(prefix) :]:
+                continue
+            names.append(info.filename)
+        return sorted(names)
+
+    def read(self, uri: str) -> bytes:
+        """The bytes of ``"<zip>::<member>"`` or of a plain file relative to the root."""
+        file, member = split_uri(uri)
+        if member is None:
+            path = self.path(file)
+            if not path.exists():
+                raise IngestError(f"{path}: file is missing")
+            return path.read_bytes()
+        try:
+            return self.zip(file).read(member)
+        except KeyError:
+            raise IngestError(f"{self.path(file)}: member {member!r} is missing") from None
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise IngestError(
+                f"{self.path(file)}: member {member!r} cannot be read ({error}); "
+                "the zip is truncated or corrupt: download it again"
+            ) from None
+
+    def exists(self, uri: str) -> bool:
+        file, member = split_uri(uri)
+        if member is None:
+            return self.path(file).exists()
+        if not self.path(file).exists():
+            return False
+        return member in self.zip(file).NameToInfo
+
+    def close(self) -> None:
+        for archive in self._zips.values():
+            archive.close()
+        self._zips.clear()
+
+    def __enter__(self) -> ArchiveFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_column(values: pd.Series, kind: str, where: str, column: str) -> pd.Series:
+    nullable = kind.endswith("?")
+    kind = kind.rstrip("?")
+    if kind == "str":
+        return values.astype("string")
+    blank = values.str.strip().isin(["", "nan", "NaN", "NA", "unknown"])
+    parsed = pd.to_numeric(values.where(~blank), errors="coerce")
+    bad = parsed.isna() & ~(blank & nullable)
+    if bad.any():
+        position = int(bad.to_numpy().nonzero()[0][0])
+        expected = {"float": "a number", "int": "an integer"}[kind]
+        if nullable:
+            expected += " or empty"
+        raise IngestError(
+            f"{where}, row {position + 1} (line {position + 2}), column {column!r}: "
+            f"{values.iloc[position]!r} is not {expected}"
+        )
+    if kind == "int":
+        if ((parsed.dropna() % 1) != 0).any():
+            position = int(((parsed % 1) != 0).to_numpy().nonzero()[0][0])
+            raise IngestError(
+                f"{where}, row {position + 1} (line {position + 2}), column {column!r}: "
+                f"{values.iloc[position]!r} is not an integer"
+            )
+        return parsed.astype("Int64")
+    return parsed.astype("Float64")
+
+
+def read_checked_csv(archive: ArchiveFolder, spec: CsvSpec) -> pd.DataFrame | None:
+    """Read an official CSV and check its header, ids and column types.
+
+    Returns ``None`` for an absent optional file. Columns listed in ``spec.dtypes`` are parsed to
+    their type; every other column is kept as a string.
+
+    Raises
+    ------
+    IngestError
+        A missing file, a missing or renamed column (with the closest name found), a duplicate
+        id, or a value of the wrong type (with its row and column).
+    """
+    where = str(archive.path(spec.file.split("::")[0]))
+    if "::" in spec.file:
+        where += f" (member {spec.file.split('::', 1)[1]})"
+    if not archive.exists(spec.file):
+        if spec.optional:
+            return None
+        raise IngestError(f"{where}: file is missing")
+    raw = archive.read(spec.file)
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise IngestError(f"{where}: not a readable CSV ({error})") from None
+    frame.columns = [c.strip() for c in frame.columns]
+    missing = [c for c in spec.columns if c not in frame.columns]
+    if missing:
+        hints = []
+        for column in missing:
+            close = difflib.get_close_matches(column, list(frame.columns), n=1)
+            hints.append(f"{column!r}" + (f" (found {close[0]!r}: renamed?)" if close else ""))
+        raise IngestError(
+            f"{where}: missing column(s) {', '.join(hints)}; expected the columns "
+            f"{list(spec.columns)}, found {list(frame.columns)}"
+        )
+    ids = frame[spec.id_column]
+    duplicated = ids.duplicated()
+    if duplicated.any():
+        position = int(duplicated.to_numpy().nonzero()[0][0])
+        raise IngestError(
+            f"{where}, row {position + 1} (line {position + 2}), column {spec.id_column!r}: "
+            f"duplicate id {ids.iloc[position]!r}; expected one row per image"
+        )
+    empty = ids.str.strip() == ""
+    if empty.any():
+        position = int(empty.to_numpy().nonzero()[0][0])
+        raise IngestError(
+            f"{where}, row {position + 1} (line {position + 2}), column {spec.id_column!r}: "
+            "empty id; expected an image name"
+        )
+    for column, kind in spec.dtypes.items():
+        if column in frame.columns:
+            frame[column] = _parse_column(frame[column], kind, where, column)
+    for column in frame.columns:
+        if column not in spec.dtypes:
+            frame[column] = frame[column].astype("string")
+    return frame

@@ -1,0 +1,120 @@
+"""``run_info.json``: what produced an output folder (data, config, code, packages, weights, device, seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PACKAGES", "code_version", "config_hash", "run_info", "write_run_info"]
+
+logger = logging.getLogger(__name__)
+
+#: The packages whose versions every run_info.json records.
+PACKAGES = (
+    "melrepro",
+    "snakemake",
+    "torch",
+    "torchvision",
+    "torch-geometric",
+    "grad-cam",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-image",
+    "scikit-learn",
+    "networkx",
+    "matplotlib",
+    "pillow",
+)
+
+
+def config_hash(config: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the config, serialised with sorted keys."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """``git describe`` of the checkout this package runs from (with ``-dirty``), else the version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return metadata.version("melrepro")
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_info(
+    *,
+    data_source: str,
+    config: Any = None,
+    seed: int | None = None,
+    weights: str | None = None,
+    device: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The record written to ``run_info.json``.
+
+    Parameters
+    ----------
+    data_source : {"synthetic", "isic"}
+        Where the images came from.
+    config : dict, optional
+        The config section that drove this output (hashed, and kept verbatim).
+    seed : int, optional
+        Random seed.
+    weights : str, optional
+        Which network weights were used (``"imagenet"``, ``"random-init"``, a checkpoint path).
+    device : str, optional
+        ``"cpu"`` or ``"cuda:0"``...
+    **extra
+        Anything else worth recording (deviations from the paper in this run, sizes...).
+    """
+    return {
+        "data_source": data_source,
+        "config_hash": config_hash(config),
+        "config": config,
+        "code_version": code_version(),
+        "packages": _versions(),
+        "python": platform.python_version(),
+        "weights": weights,
+        "device": device,
+        "seed": seed,
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def write_run_info(directory: str | Path, **info: Any) -> Path:
+    """Write ``run_info.json`` into ``directory`` (see :func:`run_info` for the fields)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "run_info.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(run_info(**info), indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    logger.info("wrote %s", path)
+    return path

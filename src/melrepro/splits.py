@@ -1,0 +1,139 @@
+"""Splits as data: official, stratified k-fold, and grouped stratified train/val(/test) splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+__all__ = ["SPLIT_NAMES", "grouped_split", "groups_of", "make_split", "stratified_folds", "write_split"]
+
+logger = logging.getLogger(__name__)
+
+#: Split names understood by :func:`make_split`.
+SPLIT_NAMES = ("official", "cv10", "lesion_70_15_15", "patient_85_15")
+
+
+def groups_of(manifest: pd.DataFrame, column: str) -> pd.Series:
+    """Group id per image: ``column`` where known, else the image itself (its own group)."""
+    groups = manifest[column].astype("string")
+    return groups.fillna("image:" + manifest["image_id"].astype(str))
+
+
+def _take_fold(
+    y: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """Boolean mask of about ``fraction`` of the rows, stratified on ``y``, whole groups only."""
+    n_splits = max(2, round(1.0 / fraction))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held_out = next(splitter.split(np.zeros(len(y)), y, groups))
+    mask = np.zeros(len(y), dtype=bool)
+    mask[held_out] = True
+    return mask
+
+
+def grouped_split(
+    y: np.ndarray, groups: np.ndarray, fractions: list[float], *, seed: int
+) -> np.ndarray:
+    """Assign ``train``/``val``/``test`` (or ``train``/``val``) so that no group crosses splits.
+
+    Parameters
+    ----------
+    y : (n,) array
+        Class labels to stratify on.
+    groups : (n,) array
+        Group ids (lesion or patient); every image of a group lands in the same split.
+    fractions : list of 2 or 3 floats
+        Train, val[, test] fractions; they must sum to 1.
+    seed : int
+        Shuffling seed.
+
+    Notes
+    -----
+    Built from scikit-learn's ``StratifiedGroupKFold``: the test part is one fold of
+    ``round(1 / test_fraction)`` folds, then val is one fold of the rest, so the fractions are
+    met approximately (exactly only when group sizes allow).
+    """
+    if len(fractions) not in (2, 3) or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions {fractions}; expected 2 or 3 numbers summing to 1")
+    y, groups = np.asarray(y), np.asarray(groups)
+    split = np.full(len(y), "train", dtype=object)
+    remaining = np.arange(len(y))
+    if len(fractions) == 3:
+        test = _take_fold(y, groups, fractions[2], seed)
+        split[test] = "test"
+        remaining = np.flatnonzero(~test)
+    val_fraction = fractions[1] / sum(fractions[:2])
+    val = _take_fold(y[remaining], groups[remaining], val_fraction, seed + 1)
+    split[remaining[val]] = "val"
+    return split
+
+
+def stratified_folds(y: np.ndarray, n_folds: int, *, seed: int) -> np.ndarray:
+    """Fold number (0..n_folds-1) of every row, stratified on ``y`` (scikit-learn's StratifiedKFold)."""
+    folds = np.empty(len(y), dtype=np.int16)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        folds[test] = fold
+    return folds
+
+
+def make_split(
+    manifest: pd.DataFrame,
+    name: str,
+    *,
+    seed: int,
+    fractions: list[float] | None = None,
+    n_folds: int = 10,
+) -> pd.DataFrame:
+    """Build the split ``name`` of a manifest: ``image_id`` plus ``split`` and/or ``fold``.
+
+    ``official`` copies the archive's split; ``cv10`` stratifies on ``target`` into ``n_folds``
+    folds; ``lesion_70_15_15`` groups by ``lesion_id`` (train/val/test); ``patient_85_15`` groups
+    by ``patient_id`` (train/val) over the labelled images, unlabelled ones stay ``test``.
+    Grouped splits stratify on ``label``.
+    """
+    frame = pd.DataFrame({"image_id": manifest["image_id"].astype("string")})
+    if name == "official":
+        frame["split"] = manifest["official_split"].astype("string").to_numpy()
+        return frame
+    labelled = manifest["target"].notna().to_numpy()
+    if name == "cv10":
+        folds = np.full(len(manifest), -1, dtype=np.int16)
+        folds[labelled] = stratified_folds(
+            manifest.loc[labelled, "target"].astype(int).to_numpy(), n_folds, seed=seed
+        )
+        frame["fold"] = pd.array(folds, dtype="Int16")
+        frame.loc[~labelled, "fold"] = pd.NA
+        return frame
+    if name in ("lesion_70_15_15", "patient_85_15"):
+        column = "lesion_id" if name == "lesion_70_15_15" else "patient_id"
+        fractions = fractions or ([0.70, 0.15, 0.15] if column == "lesion_id" else [0.85, 0.15])
+        split = np.full(len(manifest), "test", dtype=object)
+        sub = manifest[labelled]
+        split[labelled] = grouped_split(
+            sub["label"].astype(str).to_numpy(),
+            groups_of(sub, column).to_numpy(),
+            fractions,
+            seed=seed,
+        )
+        frame["split"] = pd.array(split, dtype="string")
+        return frame
+    raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
+
+
+def write_split(manifest_path: str | Path, name: str, output: str | Path, **options) -> Path:
+    """Read a manifest, build the split ``name`` (see :func:`make_split`) and write it (parquet)."""
+    manifest = pd.read_parquet(manifest_path)
+    split = make_split(manifest, name, **options)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    split.to_parquet(tmp, index=False)
+    tmp.replace(output)
+    counts = split["split"].value_counts().to_dict() if "split" in split else {}
+    logger.info("wrote split %s of %d images %s", name, len(split), counts)
+    return output

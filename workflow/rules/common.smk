@@ -1,0 +1,121 @@
+# Shared by every rule file: config validation, dataset and paper tables, paths and input functions.
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# Scripts import the `melrepro` package from src/ (also inside the per-rule conda environments).
+_SRC = str(Path(workflow.main_snakefile).parent / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
+)
+sys.path.insert(0, _SRC)
+
+from melrepro.layouts import DATASETS as LAYOUTS
+
+
+validate(config, "../schemas/config.schema.yaml")
+validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
+
+#: Paper keys in the order of DESIGN.md; a paper with a section in the config is validated
+#: against its own schema and built by `rule all` when its `activate` is true.
+PAPERS = ["gcn_mil", "sp_graphs", "siim2020", "effnet_ham", "gradcam_overlap"]
+for _paper in PAPERS:
+    if _paper in config and Path(workflow.main_snakefile).parent.joinpath(f"workflow/schemas/{_paper}.schema.yaml").exists():  # TODO strict
+        validate(config[_paper], f"../schemas/{_paper}.schema.yaml")
+
+#: Which datasets each paper reads (DESIGN.md section 1).
+PAPER_DATASETS = {
+    "gcn_mil": ["isic2017"],
+    "sp_graphs": ["isic2017", "isic_archive_melanoma"],
+    "siim2020": ["isic2020"],
+    "effnet_ham": ["isic2018_task3"],
+    "gradcam_overlap": ["isic2019", "isic2018_task2"],
+}
+DATASETS = list(LAYOUTS)
+SOURCE = config["data"]["source"]
+ARCHIVES = "resources/archives"
+
+#: Every table and figure path, by paper; each paper's rule file fills its own entry.
+ARTIFACTS = {}
+#: The paper figure that shows the workflow's own rule graph (ARTIFACTS.md "diagram" rows).
+RULEGRAPH_FIGURES = {"gcn_mil": "fig01", "sp_graphs": "fig04", "effnet_ham": "fig04"}
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    shard=r"\d{3}",
+    res=r"(sq|max)\d+|orig",
+    split_name=r"official|cv10|lesion_70_15_15|patient_85_15",
+    paper="|".join(PAPERS),
+
+
+def active_papers():
+    """Papers with a config section whose `activate` is true."""
+    return [p for p in PAPERS if config.get(p, {}).get("activate", False)]
+
+
+def active_datasets():
+    """The datasets read by the active papers, plus those listed in `data.datasets`."""
+    wanted = set(config["data"].get("datasets", []))
+    for paper in active_papers():
+        wanted.update(PAPER_DATASETS[paper])
+    return [d for d in DATASETS if d in wanted]
+
+
+def n_shards(dataset):
+    return int(config["data"]["n_shards"][dataset])
+
+
+def archive_folder(dataset):
+    return f"{ARCHIVES}/{dataset}"
+
+
+def manifest(dataset):
+    return f"results/data/{dataset}/manifest.parquet"
+
+
+def split_file(dataset, name):
+    return f"results/data/{dataset}/splits/{name}.parquet"
+
+
+def check_shards(dataset):
+    return [
+        f"results/data/{dataset}/checks/shard-{k:03d}.parquet"
+        for k in range(n_shards(dataset))
+    ]
+
+
+def cache_shards(dataset, res):
+    """The image-cache shard files of `dataset` at working resolution `res` (sqN, maxN, orig)."""
+    return [
+        f"results/data/{dataset}/cache/{res}/shard-{k:03d}.npz"
+        for k in range(n_shards(dataset))
+    ]
+
+
+def run_info_params():
+    """What every script passes to melrepro.runinfo.write_run_info."""
+    return {
+        "data_source": SOURCE,
+        "seed": config["seed"],
+        "pretrained": config["pretrained"],
+        "device": config["device"],
+    }
+
+
+def get_final_output():
+    """Everything `rule all` builds: data artifacts, every active paper's artifacts, scorecard, report inputs."""
+    targets = [
+        "results/data/tables/class_counts.csv",
+        "results/data/figures/class_counts.png",
+    ]
+    targets += [manifest(d) for d in active_datasets()]
+    for paper in active_papers():
+        targets += ARTIFACTS.get(paper, [])
+        if ARTIFACTS.get(paper):
+            targets.append(f"results/scorecard/{paper}.csv")
+    targets.append("results/scorecard/summary.md")
+    return targets

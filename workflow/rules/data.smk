@@ -1,0 +1,162 @@
+# Data: archives (synthetic twin or the official files), ingest, image cache, splits, data report.
+
+
+if SOURCE == "synthetic":
+
+    def archive_inputs(dataset):
+        """The archive files ingest reads, plus the generator's truth (written in the same job)."""
+        return [f"{ARCHIVES}/{dataset}/{name}" for name in LAYOUTS[dataset].files()] + [
+            f"{ARCHIVES}/{dataset}/synthetic_truth/truth.csv"
+        ]
+
+    # One rule per dataset key: each writes that dataset's official files (DESIGN.md section 1).
+    for _dataset in DATASETS:
+
+        rule:
+            name:
+                f"make_synthetic_{_dataset}"
+            output:
+                files=archive_inputs(_dataset),
+            params:
+                dataset=_dataset,
+                spec=config["data"]["synthetic"].get(_dataset, {}),
+                seed=config["seed"],
+                folder=archive_folder(_dataset),
+            log:
+                f"logs/make_synthetic_archive/{_dataset}.log",
+            benchmark:
+                f"benchmarks/results/make_synthetic_archive/{_dataset}.tsv"
+            threads: 1
+            resources:
+                mem_mb=2000,
+                runtime=30,
+            conda:
+                "../../envs/data.yaml"
+            script:
+                "../../scripts/make_synthetic_archive.py"
+
+else:
+
+    include: "download.smk"
+
+
+rule check_images:
+    input:
+        archives=lambda wc: archive_inputs(wc.dataset),
+    output:
+        checks="results/data/{dataset}/checks/shard-{shard}.parquet",
+    params:
+        folder=lambda wc: archive_folder(wc.dataset),
+        n_shards=lambda wc: n_shards(wc.dataset),
+    log:
+        "logs/check_images/{dataset}/{shard}.log",
+    benchmark:
+        "benchmarks/results/check_images/{dataset}/{shard}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/check_images.py"
+
+
+rule ingest_dataset:
+    input:
+        archives=lambda wc: archive_inputs(wc.dataset),
+        checks=lambda wc: check_shards(wc.dataset),
+    output:
+        manifest="results/data/{dataset}/manifest.parquet",
+        quarantine="results/data/{dataset}/quarantine.csv",
+        run_info="results/data/{dataset}/run_info.json",
+    params:
+        folder=lambda wc: archive_folder(wc.dataset),
+        n_shards=lambda wc: n_shards(wc.dataset),
+        on_undecodable=config["data"]["on_undecodable"],
+        run_info=run_info_params(),
+        config=config["data"],
+    log:
+        "logs/ingest_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/results/ingest_dataset/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/ingest_dataset.py"
+
+
+rule cache_images:
+    input:
+        manifest="results/data/{dataset}/manifest.parquet",
+        archives=lambda wc: archive_inputs(wc.dataset),
+    output:
+        shard="results/data/{dataset}/cache/{res}/shard-{shard}.npz",
+    params:
+        folder=lambda wc: archive_folder(wc.dataset),
+    log:
+        "logs/cache_images/{dataset}/{res}/{shard}.log",
+    benchmark:
+        "benchmarks/results/cache_images/{dataset}/{res}/{shard}.tsv"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/cache_images.py"
+
+
+rule make_split:
+    input:
+        manifest="results/data/{dataset}/manifest.parquet",
+    output:
+        split="results/data/{dataset}/splits/{split_name}.parquet",
+    params:
+        seed=config["seed"],
+        splits=config["data"].get("splits", {}),
+    log:
+        "logs/make_split/{dataset}/{split_name}.log",
+    benchmark:
+        "benchmarks/results/make_split/{dataset}/{split_name}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/make_split.py"
+
+
+rule count_classes:
+    input:
+        manifests=[manifest(d) for d in active_datasets()],
+    output:
+        table=report(
+            "results/data/tables/class_counts.csv",
+            caption="../report/data_class_counts_table.rst",
+            category="data",
+        ),
+        figure=report(
+            "results/data/figures/class_counts.png",
+            caption="../report/data_class_counts_figure.rst",
+            category="data",
+        ),
+    log:
+        "logs/count_classes/count_classes.log",
+    benchmark:
+        "benchmarks/results/count_classes/count_classes.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/count_classes.py"

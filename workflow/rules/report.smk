@@ -1,0 +1,88 @@
+# Across the papers: the scorecard and the papers' rule-graph figures.
+
+
+def paper_tables(paper):
+    return [p for p in ARTIFACTS.get(paper, []) if "/tables/" in p and p.endswith(".csv")]
+
+
+rule score_paper:
+    input:
+        tables=lambda wc: paper_tables(wc.paper),
+        paper_values="config/paper_values/{paper}.csv",
+    output:
+        scorecard=report(
+            "results/scorecard/{paper}.csv",
+            caption="../report/scorecard.rst",
+            category="scorecard",
+        ),
+    params:
+        tables_dir="results/{paper}/tables",
+        data_source=SOURCE,
+    log:
+        "logs/score_paper/{paper}.log",
+    benchmark:
+        "benchmarks/results/score_paper/{paper}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/score_paper.py"
+
+
+rule summarize_scorecard:
+    input:
+        scorecards=[
+            f"results/scorecard/{p}.csv" for p in active_papers() if ARTIFACTS.get(p)
+        ],
+    output:
+        summary=report(
+            "results/scorecard/summary.md",
+            caption="../report/scorecard_summary.rst",
+            category="scorecard",
+        ),
+    log:
+        "logs/summarize_scorecard/summary.log",
+    benchmark:
+        "benchmarks/results/summarize_scorecard/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/summarize_scorecard.py"
+
+
+# The "diagram" artifacts: each paper's pipeline drawing is replaced by the workflow's own rule graph.
+for _paper, _figure in RULEGRAPH_FIGURES.items():
+
+    rule:
+        name:
+            f"draw_rulegraph_{_paper}"
+        output:
+            figure=report(
+                f"results/{_paper}/figures/{_figure}.png",
+                caption=f"../report/rulegraph.rst",
+                category=_paper,
+            ),
+        params:
+            paper=_paper,
+            targets=[p for p in ARTIFACTS.get(_paper, []) if not p.endswith(f"/{_figure}.png")],
+            snakefile=workflow.main_snakefile,
+            configfiles=workflow.configfiles,
+        log:
+            f"logs/draw_rulegraph/{_paper}.log",
+        benchmark:
+            f"benchmarks/results/draw_rulegraph/{_paper}.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        conda:
+            "../../envs/report.yaml"
+        script:
+            "../../scripts/draw_rulegraph.py"
