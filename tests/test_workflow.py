@@ -1,0 +1,133 @@
+"""The workflow itself: dry runs on both configs, lint, and a real run of the data part on tiny data."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import tiny_spec
+from melrepro.layouts import DATASETS
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ["Snakefile", "workflow", "scripts", "config", "envs", "profiles", "src"]
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def _jobs(dry_run_output: str) -> dict[str, int]:
+    counts = {}
+    for line in dry_run_output.splitlines():
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if match:
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def test_dry_run_default_config_plans_every_paper():
+    """Check `snakemake -n` plans the synthetic archives, ingest and every active paper's artifacts."""
+    result = snakemake("-n", "--quiet", "rules")
+    jobs = _jobs(result.stdout + result.stderr)
+    for dataset in DATASETS:
+        assert jobs.get(f"make_synthetic_{dataset}") == 1
+    assert jobs["ingest_dataset"] == len(DATASETS)
+    assert jobs["summarize_scorecard"] == 1
+    assert not (ROOT / "results" / "data" / "never-written").exists()
+
+
+def test_dry_run_real_config_has_hundreds_of_jobs_without_archives(tmp_path):
+    """Check the real-scale DAG builds without archives: one download per file, hundreds of jobs."""
+    workdir = _copy_workflow(tmp_path)
+    result = snakemake("-n", "--quiet", "rules", "--configfile", "config/isic.yaml", cwd=workdir)
+    jobs = _jobs(result.stdout + result.stderr)
+    total = jobs.pop("total")
+    assert 100 < total < 5000
+    assert jobs["check_images"] == 10 + 1 + 9 + 40 + 85 + 150 or jobs["check_images"] < 300
+    assert "make_synthetic_isic2017" not in jobs
+
+
+def test_lint_is_clean():
+    """Check `snakemake --lint` finds nothing."""
+    result = snakemake("--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_snakefmt_and_ruff_are_clean():
+    """Check the rule files are snakefmt-formatted and the Python code ruff-clean."""
+    binary = Path(sys.executable).parent
+    for command in (
+        [binary / "snakefmt", "--check", "Snakefile", "workflow/rules"],
+        [binary / "ruff", "check", "."],
+        [binary / "ruff", "format", "--check", "."],
+    ):
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, f"{command[0].name}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+
+
+def _copy_workflow(tmp_path: Path) -> Path:
+    workdir = tmp_path / "repo"
+    workdir.mkdir()
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, workdir / name)
+    return workdir
+
+
+def _tiny_config(workdir: Path) -> Path:
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["data"]["synthetic"] = {d: tiny_spec(d) for d in DATASETS}
+    config["data"]["n_shards"] = dict.fromkeys(DATASETS, 2)
+    for key, value in config.items():
+        if isinstance(value, dict) and "activate" in value:
+            value["activate"] = False
+    path = workdir / "config" / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_data_workflow_runs_on_tiny_config(tmp_path):
+    """Check the data part runs end to end: archives -> manifests, splits, cache, class counts; reruns do nothing."""
+    workdir = _copy_workflow(tmp_path)
+    _tiny_config(workdir)
+    targets = [
+        "results/data/tables/class_counts.csv",
+        "results/data/isic2018_task3/splits/lesion_70_15_15.parquet",
+        "results/data/isic2020/splits/patient_85_15.parquet",
+        "results/data/isic2017/cache/sq64/shard-000.npz",
+        "results/data/isic2017/cache/sq64/shard-001.npz",
+    ]
+    snakemake("--cores", "2", "--configfile", "config/tiny.yaml", *targets, cwd=workdir)
+    for dataset in DATASETS:
+        manifest = pd.read_parquet(workdir / f"results/data/{dataset}/manifest.parquet")
+        truth = pd.read_csv(workdir / f"resources/archives/{dataset}/synthetic_truth/truth.csv")
+        assert len(manifest) == len(truth)
+        assert (workdir / f"results/data/{dataset}/run_info.json").exists()
+        assert (workdir / f"logs/ingest_dataset/{dataset}.log").exists()
+    counts = pd.read_csv(workdir / "results/data/tables/class_counts.csv")
+    assert counts["total"].sum() == sum(
+        len(pd.read_parquet(workdir / f"results/data/{d}/manifest.parquet")) for d in DATASETS
+    )
+    assert (workdir / "results/data/figures/class_counts.pdf").exists()
+    split = pd.read_parquet(workdir / "results/data/isic2018_task3/splits/lesion_70_15_15.parquet")
+    manifest = pd.read_parquet(workdir / "results/data/isic2018_task3/manifest.parquet")
+    joined = manifest.merge(split, on="image_id")
+    assert (joined.dropna(subset=["lesion_id"]).groupby("lesion_id")["split"].nunique() == 1).all()
+    again = snakemake("--cores", "2", "--configfile", "config/tiny.yaml", *targets, cwd=workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr
