@@ -28,8 +28,12 @@ ARCHIVE_HOSTS = (
     "https://isic-archive.s3.amazonaws.com/challenges/{year}/",
     "https://isic-challenge-data.s3.amazonaws.com/{year}/",
 )
-#: HAM10000 metadata lives on Harvard Dataverse (doi:10.7910/DVN/DBW86T).
-DATAVERSE_HAM10000 = "https://dataverse.harvard.edu/api/access/datafile/:persistentId?persistentId=doi:10.7910/DVN/DBW86T/{file_id}"
+#: HAM10000 metadata lives on Harvard Dataverse (doi:10.7910/DVN/DBW86T). Dataverse file ids are
+#: opaque, so this is the dataset's file listing: melrepro.download finds the file in it by name.
+DATAVERSE_HAM10000 = (
+    "https://dataverse.harvard.edu/api/datasets/:persistentId/versions/:latest/files"
+    "?persistentId=doi:10.7910/DVN/DBW86T"
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class DatasetLayout:
         remote = []
         for name in self.files():
             if name.startswith("HAM10000_"):
-                remote.append(RemoteFile(name, (DATAVERSE_HAM10000.format(file_id=name),)))
+                remote.append(RemoteFile(name, (DATAVERSE_HAM10000,)))
             else:
                 remote.append(
                     RemoteFile(name, tuple(h.format(year=self.year) + name for h in ARCHIVE_HOSTS))

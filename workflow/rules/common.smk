@@ -1,17 +1,15 @@
 # Shared by every rule file: config validation, dataset and paper tables, paths and input functions.
 
-import os
+import re
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-# Scripts import the `melrepro` package from src/ (also inside the per-rule conda environments).
-_SRC = str(Path(workflow.main_snakefile).parent / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
-)
-sys.path.insert(0, _SRC)
+# The Snakefile itself reads the archive layouts from the package in src/. Rule scripts find the
+# package through the link scripts/melrepro -> ../src/melrepro (Snakemake puts a script's folder on
+# sys.path), so they also run in the per-rule conda environments, which do not install it.
+sys.path.insert(0, str(Path(workflow.main_snakefile).parent / "src"))
 
 from melrepro.layouts import DATASETS as LAYOUTS
 
@@ -71,6 +69,44 @@ def n_shards(dataset):
 
 def archive_folder(dataset):
     return f"{ARCHIVES}/{dataset}"
+
+
+#: Datasets shipped as official files on the challenge hosts (the archive melanomas come from isic-cli).
+FILE_DATASETS = [d for d in DATASETS if not LAYOUTS[d].folder]
+MELANOMA_FOLDER = f"{ARCHIVES}/isic_archive_melanoma/{LAYOUTS['isic_archive_melanoma'].folder}"
+
+
+def official_file_regex():
+    """A `file` wildcard regex that matches only the official names of the dataset before it.
+
+    Each alternative is guarded by a look-behind on `<dataset>/`, so `isic2019/ISIC-2017_...zip`
+    matches no rule.
+    """
+    return "|".join(
+        f"(?<={re.escape(d)}/)(?:{'|'.join(re.escape(f) for f in LAYOUTS[d].files())})"
+        for d in FILE_DATASETS
+    )
+
+
+def archive_files(dataset):
+    """The official files (or, for the archive melanomas, the isic-cli folder) of `dataset`."""
+    if dataset == "isic_archive_melanoma":
+        return [MELANOMA_FOLDER]
+    return [f"{ARCHIVES}/{dataset}/{name}" for name in LAYOUTS[dataset].files()]
+
+
+def archive_inputs(dataset):
+    """What ingest depends on: the archive files, plus the generator's truth (synthetic twin,
+    written in the same job) or the checksum verification stamp (official archives).
+
+    Accepts a dataset key or a `wildcards` object with a `dataset` attribute.
+    """
+    dataset = getattr(dataset, "dataset", dataset)
+    if SOURCE == "synthetic":
+        return [f"{ARCHIVES}/{dataset}/{name}" for name in LAYOUTS[dataset].files()] + [
+            f"{ARCHIVES}/{dataset}/synthetic_truth/truth.csv"
+        ]
+    return archive_files(dataset) + [f"{ARCHIVES}/{dataset}/verified.json"]
 
 
 def manifest(dataset):

@@ -3,12 +3,6 @@
 
 if SOURCE == "synthetic":
 
-    def archive_inputs(dataset):
-        """The archive files ingest reads, plus the generator's truth (written in the same job)."""
-        return [f"{ARCHIVES}/{dataset}/{name}" for name in LAYOUTS[dataset].files()] + [
-            f"{ARCHIVES}/{dataset}/synthetic_truth/truth.csv"
-        ]
-
     # One rule per dataset key: each writes that dataset's official files (DESIGN.md section 1).
     for _dataset in DATASETS:
 

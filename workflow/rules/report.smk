@@ -2,7 +2,11 @@
 
 
 def paper_tables(paper):
-    return [p for p in ARTIFACTS.get(paper, []) if "/tables/" in p and p.endswith(".csv")]
+    return [
+        p
+        for p in ARTIFACTS.get(paper, [])
+        if Path(p).parent.name == "tables" and p.endswith(".csv")
+    ]
 
 
 rule score_paper:
@@ -71,7 +75,9 @@ for _paper, _figure in RULEGRAPH_FIGURES.items():
             ),
         params:
             paper=_paper,
-            targets=[p for p in ARTIFACTS.get(_paper, []) if not p.endswith(f"/{_figure}.png")],
+            targets=[
+                p for p in ARTIFACTS.get(_paper, []) if Path(p).name != f"{_figure}.png"
+            ],
             snakefile=workflow.main_snakefile,
             configfiles=workflow.configfiles,
         log:

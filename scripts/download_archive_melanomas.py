@@ -1,0 +1,14 @@
+"""Rule download_archive_melanomas: the extra archive melanomas, via isic-cli, checked."""
+
+from melrepro.download import download_archive_melanomas
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+download_archive_melanomas(
+    snakemake.output.images,
+    query=snakemake.params.query,
+    limit=snakemake.params.limit,
+    checksums=snakemake.params.checksums,
+    archive_dir=snakemake.params.archive_dir,
+    chunk_mb=snakemake.params.chunk_mb,
+)

@@ -1,0 +1,123 @@
+# The official archives (data.source: isic): download or link every official file of DESIGN.md
+# section 1, check it against the SHA-256 lock (config/archive_checksums.tsv) and write
+# resources/archives/<dataset>/verified.json, which ingest depends on. Included by data.smk.
+
+# Paths and the `file` wildcard regex are defined in common.smk (archive_inputs,
+# archive_files, official_file_regex, FILE_DATASETS, MELANOMA_FOLDER).
+
+
+if config["data"].get("archive_dir"):
+
+    # Cheap (a symlink and a hash): run on the submitting host.
+    localrules:
+        link_archive_file,
+
+    rule link_archive_file:
+        output:
+            archive=f"{ARCHIVES}/{{dataset}}/{{file}}",
+        log:
+            "logs/link_archive_file/{dataset}/{file}.log",
+        benchmark:
+            "benchmarks/results/link_archive_file/{dataset}/{file}.tsv"
+        wildcard_constraints:
+            dataset="|".join(FILE_DATASETS),
+            file=official_file_regex(),
+        retries: 0
+        conda:
+            "../../envs/data.yaml"
+        threads: 1
+        resources:
+            mem_mb=500,
+            runtime=60,
+        params:
+            archive_dir=config["data"]["archive_dir"],
+            checksums=config["data"]["checksums"],
+            chunk_mb=config["data"]["download"]["chunk_mb"],
+        script:
+            "../../scripts/link_archive_file.py"
+
+else:
+
+    # Cluster compute nodes often have no internet access: downloads run on the submitting host.
+    localrules:
+        download_archive_file,
+
+    rule download_archive_file:
+        output:
+            archive=f"{ARCHIVES}/{{dataset}}/{{file}}",
+        log:
+            "logs/download_archive_file/{dataset}/{file}.log",
+        benchmark:
+            "benchmarks/results/download_archive_file/{dataset}/{file}.tsv"
+        wildcard_constraints:
+            dataset="|".join(FILE_DATASETS),
+            file=official_file_regex(),
+        # The function already retries over the mirrors and resumes; one more try from Snakemake
+        # resumes the kept .part after anything else that went wrong.
+        retries: 1
+        conda:
+            "../../envs/data.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=600,
+        params:
+            # A function, so that Snakemake leaves the `{year}` in the addresses alone.
+            hosts=lambda wildcards: config["data"].get("hosts"),
+            checksums=config["data"]["checksums"],
+            download=config["data"]["download"],
+        script:
+            "../../scripts/download_archive_file.py"
+
+
+localrules:
+    download_archive_melanomas,
+
+
+rule download_archive_melanomas:
+    output:
+        images=directory(MELANOMA_FOLDER),
+    log:
+        f"logs/download_archive_melanomas/isic_archive_melanoma.log",
+    benchmark:
+        f"benchmarks/results/download_archive_melanomas/isic_archive_melanoma.tsv"
+    retries: 1
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=120,
+    params:
+        query=lambda wildcards: config["data"]["archive_melanomas"]["query"],
+        limit=config["data"]["archive_melanomas"]["limit"],
+        archive_dir=config["data"].get("archive_dir"),
+        checksums=config["data"]["checksums"],
+        chunk_mb=config["data"]["download"]["chunk_mb"],
+    script:
+        "../../scripts/download_archive_melanomas.py"
+
+
+rule verify_archives:
+    input:
+        archives=lambda wc: archive_files(wc.dataset),
+    output:
+        verified=f"{ARCHIVES}/{{dataset}}/verified.json",
+    log:
+        "logs/verify_archives/{dataset}.log",
+    benchmark:
+        "benchmarks/results/verify_archives/{dataset}.tsv"
+    wildcard_constraints:
+        dataset="|".join(DATASETS),
+    retries: 0
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=120,
+    params:
+        checksums=config["data"]["checksums"],
+        chunk_mb=config["data"]["download"]["chunk_mb"],
+    script:
+        "../../scripts/verify_archives.py"
