@@ -14,6 +14,8 @@ import yaml
 
 from conftest import tiny_spec
 from melrepro.layouts import DATASETS
+from melrepro.layouts import DATASETS as LAYOUTS
+from melrepro.synthetic import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["Snakefile", "workflow", "scripts", "config", "envs", "profiles", "src"]
@@ -92,7 +94,15 @@ def _copy_workflow(tmp_path: Path) -> Path:
 
 def _tiny_config(workdir: Path) -> Path:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    config["data"]["synthetic"] = {d: tiny_spec(d) for d in DATASETS}
+    # --configfile is merged key by key into config.yaml: name every class, so none is left over.
+    config["data"]["synthetic"] = {}
+    for dataset in DATASETS:
+        spec = tiny_spec(dataset)
+        spec["counts"] = {
+            split: {c: spec["counts"].get(split, {}).get(c, 0) for c in CLASSES[dataset]}
+            for split in [s.split for s in LAYOUTS[dataset].image_sets]
+        }
+        config["data"]["synthetic"][dataset] = spec
     config["data"]["n_shards"] = dict.fromkeys(DATASETS, 2)
     for key, value in config.items():
         if isinstance(value, dict) and "activate" in value:
@@ -113,7 +123,7 @@ def test_data_workflow_runs_on_tiny_config(tmp_path):
         "results/data/isic2017/cache/sq64/shard-000.npz",
         "results/data/isic2017/cache/sq64/shard-001.npz",
     ]
-    snakemake("--cores", "2", "--configfile", "config/tiny.yaml", *targets, cwd=workdir)
+    snakemake(*targets, "--cores", "2", "--configfile", "config/tiny.yaml", cwd=workdir)
     for dataset in DATASETS:
         manifest = pd.read_parquet(workdir / f"results/data/{dataset}/manifest.parquet")
         truth = pd.read_csv(workdir / f"resources/archives/{dataset}/synthetic_truth/truth.csv")
@@ -129,5 +139,5 @@ def test_data_workflow_runs_on_tiny_config(tmp_path):
     manifest = pd.read_parquet(workdir / "results/data/isic2018_task3/manifest.parquet")
     joined = manifest.merge(split, on="image_id")
     assert (joined.dropna(subset=["lesion_id"]).groupby("lesion_id")["split"].nunique() == 1).all()
-    again = snakemake("--cores", "2", "--configfile", "config/tiny.yaml", *targets, cwd=workdir)
+    again = snakemake(*targets, "--cores", "2", "--configfile", "config/tiny.yaml", cwd=workdir)
     assert "Nothing to be done" in again.stdout + again.stderr

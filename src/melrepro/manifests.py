@@ -552,8 +552,8 @@ def build_manifest(
             "quarantine.csv. Re-download the archive, or set data.on_undecodable: drop"
         )
     manifest = merged.loc[~bad].drop(columns=["decodable", "error"]).reset_index(drop=True)
-    manifest["width"] = manifest["width"].astype("Int32")
-    manifest["height"] = manifest["height"].astype("Int32")
+    for column, dtype in MANIFEST_COLUMNS.items():
+        manifest[column] = manifest[column].astype(dtype)
     ordered = list(MANIFEST_COLUMNS)
     manifest = manifest[ordered + [c for c in manifest.columns if c not in ordered]]
     metadata = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,16 @@ def _take_fold(
     y: np.ndarray, groups: np.ndarray, fraction: float, seed: int
 ) -> np.ndarray:
     """Boolean mask of about ``fraction`` of the rows, stratified on ``y``, whole groups only."""
-    n_splits = max(2, round(1.0 / fraction))
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(f"cannot split {len(y)} images in {n_groups} group(s); need at least 2 groups")
+    # Few groups (tiny data): fewer, larger folds rather than a failure.
+    n_splits = min(max(2, round(1.0 / fraction)), n_groups)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held_out = next(splitter.split(np.zeros(len(y)), y, groups))
+    with warnings.catch_warnings():
+        # Rare classes with fewer members than folds are expected (e.g. DF in HAM10000).
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        _, held_out = next(splitter.split(np.zeros(len(y)), y, groups))
     mask = np.zeros(len(y), dtype=bool)
     mask[held_out] = True
     return mask
