@@ -77,6 +77,7 @@ class _Patient:
     # Planning bookkeeping: images this patient can still take, and its split.
     extra_images: int = 0
     split: str = ""
+    melanoma: bool = False
 
 
 @dataclass
@@ -163,13 +164,19 @@ def _plan(dataset: str, spec: dict[str, Any], rng: np.random.Generator) -> tuple
         lesions[lesion_key] = sample_lesion(style, rng)
         melanoma = style == "melanoma"
         # A patient is reused while it has images to spare (images_per_patient on average).
-        reuse = [p for p in patients if p.extra_images > 0 and p.split == split] if per_patient > 1 else []
+        # Melanoma lesions go to melanoma patients, so age and sex keep their skew per image.
+        reuse = [
+            p
+            for p in patients
+            if p.extra_images > 0 and p.split == split and p.melanoma == melanoma
+        ] if per_patient > 1 else []
         if reuse:
             patient = reuse[int(rng.integers(0, len(reuse)))]
         else:
             patient = _patient(rng, len(patients), melanoma, "IP_")
             patient.extra_images = int(rng.poisson(per_patient - 1)) if per_patient > 1 else 0
             patient.split = split
+            patient.melanoma = melanoma
             patients.append(patient)
         patient.extra_images -= len(groups[g]) - (0 if reuse else 1)
         site = _site(rng, patient, sites)
