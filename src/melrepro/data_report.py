@@ -47,6 +47,6 @@ def write_class_counts(manifest_paths: list[str | Path], table_path: str | Path,
         ax.set_title(dataset, loc="left", fontsize=10)
         ax.set_xlabel("images")
         ax.set_ylabel("")
-        ax.legend(title="split", fontsize=8, loc="lower right")
+        ax.legend(title="split", fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Images per class and official split")
     save_figure(fig, figure_path)
