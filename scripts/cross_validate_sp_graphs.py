@@ -1,0 +1,15 @@
+"""Rule cross_validate_sp_graphs: stratified k-fold CV of the seven classifiers for one table."""
+
+from melrepro.logs import log_to_file
+from melrepro.sp_graphs import cross_validate_table
+
+log_to_file(snakemake.log[0])
+cross_validate_table(
+    list(snakemake.input.features),
+    list(snakemake.input.manifests),
+    snakemake.output.metrics,
+    snakemake.output.selection,
+    table=snakemake.wildcards.table,
+    protocol=snakemake.params.protocol,
+    **snakemake.params.cv,
+)

@@ -1,0 +1,16 @@
+"""Rule plot_sp_graphs_examples: figures 1-3 (samples, one image's graphs, superpixel levels)."""
+
+from melrepro.logs import log_to_file
+from melrepro.sp_graphs import plot_examples
+
+log_to_file(snakemake.log[0])
+plot_examples(
+    list(snakemake.input.cache),
+    snakemake.input.manifest,
+    snakemake.output.fig01,
+    snakemake.output.fig02,
+    snakemake.output.fig03,
+    settings=snakemake.params.settings,
+    fig02_level=snakemake.params.fig02_level,
+    seed=snakemake.params.seed,
+)

@@ -1,0 +1,19 @@
+"""Rule plot_sp_graphs_results: figure 5 (AUC bars) and figure 6 (selected-feature composition)."""
+
+from pathlib import Path
+
+from melrepro.logs import log_to_file
+from melrepro.runinfo import write_run_info
+from melrepro.sp_graphs import plot_results
+
+log_to_file(snakemake.log[0])
+tables = snakemake.params.tables
+plot_results(
+    dict(zip(tables, snakemake.input.metrics, strict=True)),
+    dict(zip(tables, snakemake.input.selection, strict=True)),
+    snakemake.output.fig05,
+    snakemake.output.fig06,
+)
+write_run_info(
+    Path(snakemake.output.fig05).parent, config=snakemake.params.config, **snakemake.params.run_info
+)
