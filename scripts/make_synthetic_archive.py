@@ -1,12 +1,14 @@
 """Rule make_synthetic_<dataset>: write the synthetic twin of one dataset's official archives."""
 
+from pathlib import Path
+
 from melrepro.logs import log_to_file
 from melrepro.synthetic import write_synthetic_archive
 
 log_to_file(snakemake.log[0])
 write_synthetic_archive(
     snakemake.params.dataset,
-    snakemake.params.folder,
+    Path(snakemake.output.truth).parents[1],  # resources/archives/<dataset>
     snakemake.params.spec,
     seed=snakemake.params.seed,
 )

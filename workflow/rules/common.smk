@@ -1,4 +1,4 @@
-# Shared by every rule file: config validation, dataset and paper tables, paths and input functions.
+# Shared by the other .smk files. Config validation, dataset and paper tables, paths, input functions.
 
 import re
 import sys
@@ -109,6 +109,15 @@ def archive_inputs(dataset):
     return archive_files(dataset) + [f"{ARCHIVES}/{dataset}/verified.json"]
 
 
+def paper_tables(paper):
+    """The table CSVs of a paper (what the scorecard reads)."""
+    return [
+        p
+        for p in ARTIFACTS.get(paper, [])
+        if Path(p).parent.name == "tables" and p.endswith(".csv")
+    ]
+
+
 def manifest(dataset):
     return f"results/data/{dataset}/manifest.parquet"
 
@@ -143,7 +152,7 @@ def run_info_params():
 
 
 def get_final_output():
-    """Everything `rule all` builds: data artifacts, every active paper's artifacts, scorecard, report inputs."""
+    """The default target: data artifacts, every active paper's artifacts and the scorecard."""
     targets = [
         "results/data/tables/class_counts.csv",
         "results/data/figures/class_counts.png",

@@ -10,12 +10,12 @@ if SOURCE == "synthetic":
             name:
                 f"make_synthetic_{_dataset}"
             output:
-                files=archive_inputs(_dataset),
+                files=[f"{ARCHIVES}/{_dataset}/{name}" for name in LAYOUTS[_dataset].files()],
+                truth=f"{ARCHIVES}/{_dataset}/synthetic_truth/truth.csv",
             params:
                 dataset=_dataset,
                 spec=config["data"]["synthetic"].get(_dataset, {}),
                 seed=config["seed"],
-                folder=archive_folder(_dataset),
             log:
                 f"logs/make_synthetic_archive/{_dataset}.log",
             benchmark:

@@ -1,14 +1,6 @@
 # Across the papers: the scorecard and the papers' rule-graph figures.
 
 
-def paper_tables(paper):
-    return [
-        p
-        for p in ARTIFACTS.get(paper, [])
-        if Path(p).parent.name == "tables" and p.endswith(".csv")
-    ]
-
-
 rule score_paper:
     input:
         tables=lambda wc: paper_tables(wc.paper),
