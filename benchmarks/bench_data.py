@@ -59,9 +59,13 @@ def main() -> None:
     print(f"isic2018_task3 default twin: {n} images")
     print(f"generate            {n / generation:8.1f} img/s")
     print(f"PIL decode (ref)    {n / decode:8.1f} img/s")
-    print(f"check (ingest)      {n / check:8.1f} img/s   ratio to PIL decode: {check / decode:.2f}x")
+    print(
+        f"check (ingest)      {n / check:8.1f} img/s   ratio to PIL decode: {check / decode:.2f}x"
+    )
     for res, seconds in timings.items():
-        print(f"cache {res:<13} {n / seconds:8.1f} img/s   ratio to PIL decode: {seconds / decode:.2f}x")
+        print(
+            f"cache {res:<13} {n / seconds:8.1f} img/s   ratio to PIL decode: {seconds / decode:.2f}x"
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -70,12 +74,26 @@ def main() -> None:
             (subprocess.run(["cp", "-r", str(source), str(workdir / name)], check=True))
         start = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", "config/isic.yaml"],
-            cwd=workdir, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-n",
+                "--quiet",
+                "rules",
+                "--configfile",
+                "config/isic.yaml",
+            ],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         elapsed = time.perf_counter() - start
     total = re.search(r"total\s+(\d+)", result.stdout + result.stderr)
-    print(f"snakemake -n config/isic.yaml: {elapsed:.1f} s for {total.group(1) if total else '?'} jobs")
+    print(
+        f"snakemake -n config/isic.yaml: {elapsed:.1f} s for {total.group(1) if total else '?'} jobs"
+    )
 
 
 if __name__ == "__main__":

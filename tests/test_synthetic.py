@@ -1,149 +1,355 @@
-"""The synthetic twin: official files and layouts, exact truth, class signals, determinism."""
+"""Tests of the synthetic twin: official layout, masks, structures, class signal, determinism."""
 
 from __future__ import annotations
 
 import csv
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
-from conftest import tiny_spec
 from melrepro.layouts import ATTRIBUTES, DATASETS
-from melrepro.synthetic import synthetic_schema, write_synthetic_archive
+from melrepro.synthetic import DEFAULT_SPEC, synthetic_schema, write_synthetic_archive
 from melrepro.synthetic.draw import render, sample_lesion, sample_scene, sample_view
-from melrepro.synthetic.spec import DEFAULT_SPEC, resolve_spec
+from melrepro.synthetic.spec import CLASSES, resolve_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def archives(tiny_archives: Path) -> dict[str, Path]:
+    """The session's tiny twin (conftest.tiny_spec), one folder per dataset (read-only)."""
+    return {dataset: tiny_archives / dataset for dataset in DATASETS}
+
+
+@pytest.fixture(scope="module")
+def task2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """isic2018_task2 with enough images per class to see structures and class signals."""
+    outdir = tmp_path_factory.mktemp("task2")
+    spec = {
+        "counts": {"train": {"melanoma": 8, "seborrheic_keratosis": 6, "nevus": 8}},
+        "min_height": 96,
+        "max_height": 128,
+    }
+    write_synthetic_archive("isic2018_task2", outdir, spec, seed=SEED)
+    return outdir
+
+
+def _read_csv(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
+    reader = csv.DictReader(io.StringIO(data.decode()))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
+def _csv_bytes(outdir: Path, file: str) -> bytes:
+    if "::" in file:
+        name, member = file.split("::")
+        with zipfile.ZipFile(outdir / name) as z:
+            return z.read(member)
+    return (outdir / file).read_bytes()
+
+
+def _load(source) -> Image.Image:
+    """Decode an image fully (from a path or an open zip member) and close the file."""
+    data = source.read_bytes() if isinstance(source, Path) else source.read()
+    if not isinstance(source, Path):
+        source.close()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.copy()
+
+
+def _truth(outdir: Path) -> list[dict[str, str]]:
+    return _read_csv((outdir / "synthetic_truth" / "truth.csv").read_bytes())[1]
 
 
 @pytest.mark.parametrize("dataset", list(DATASETS))
-def test_every_official_file_is_written_in_its_folder(tiny_archives, dataset):
-    """Check each official file exists, zip members sit in the official folder, CSV headers match."""
-    spec = DATASETS[dataset]
-    root = tiny_archives / dataset
-    for name in spec.files():
-        assert (root / name).exists(), name
-    for image_set in spec.image_sets:
-        if image_set.image_zip:
-            with zipfile.ZipFile(root / image_set.image_zip) as archive:
-                names = archive.namelist()
+def test_every_official_file_is_written(archives: dict[str, Path], dataset: str) -> None:
+    """Check each file of layouts.DATASETS[key].files() exists, plus truth.csv and truth masks."""
+    outdir = archives[dataset]
+    for name in DATASETS[dataset].files():
+        assert (outdir / name).is_file(), name
+    truth = _truth(outdir)
+    assert truth
+    for row in truth:
+        assert (outdir / "synthetic_truth" / row["mask"]).is_file()
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_csv_headers_equal_layouts(archives: dict[str, Path], dataset: str) -> None:
+    """Check every official CSV starts with the columns the layout names, in order."""
+    outdir = archives[dataset]
+    layout = DATASETS[dataset]
+    specs = [s for i in layout.image_sets for s in (i.labels, i.metadata) if s is not None]
+    for spec in [*specs, *layout.extra_csvs]:
+        header, rows = _read_csv(_csv_bytes(outdir, spec.file))
+        assert header[: len(spec.columns)] == list(spec.columns), spec.file
+        assert rows or spec.file.endswith("Duplicates.csv") is False
+
+
+@pytest.mark.parametrize("dataset", [d for d in DATASETS if not DATASETS[d].folder])
+def test_zip_members_sit_in_official_folder(archives: dict[str, Path], dataset: str) -> None:
+    """Check images, masks and attribute masks are in the official folder with official names."""
+    outdir = archives[dataset]
+    truth = _truth(outdir)
+    for image_set in DATASETS[dataset].image_sets:
+        ids = [r["image_id"] for r in truth if r["split"] == image_set.split]
+        with zipfile.ZipFile(outdir / image_set.image_zip) as z:
+            names = z.namelist()
+            assert names == sorted(names)
             assert all(n.startswith(image_set.image_folder + "/") for n in names)
-            assert any(n.endswith(".jpg") for n in names)
-        for csv_spec in (image_set.labels, image_set.metadata):
-            if csv_spec is None:
-                continue
-            if "::" in csv_spec.file:
-                zip_name, member = csv_spec.file.split("::", 1)
-                with zipfile.ZipFile(root / zip_name) as archive:
-                    text = archive.read(member).decode()
-            else:
-                text = (root / csv_spec.file).read_text()
-            header = next(csv.reader(io.StringIO(text)))
-            assert tuple(header[: len(csv_spec.columns)]) == csv_spec.columns or set(csv_spec.columns) <= set(header)
+            jpgs = [n for n in names if n.endswith(".jpg")]
+            assert jpgs == [f"{image_set.image_folder}/{i}.jpg" for i in sorted(ids)]
+            assert {i.date_time for i in z.infolist()} == {
+                (int(DATASETS[dataset].year), 1, 1, 0, 0, 0)
+            }
+        if image_set.mask_zip:
+            with zipfile.ZipFile(outdir / image_set.mask_zip) as z:
+                pngs = [n for n in z.namelist() if n.endswith(".png")]
+            assert pngs == [
+                f"{image_set.mask_folder}/{i}{image_set.mask_suffix}" for i in sorted(ids)
+            ]
+        if image_set.attribute_zip:
+            with zipfile.ZipFile(outdir / image_set.attribute_zip) as z:
+                pngs = [n for n in z.namelist() if n.endswith(".png")]
+            assert len(pngs) == len(ids) * len(ATTRIBUTES)
 
 
-def test_masks_are_binary_and_sized_like_their_images(tiny_archives):
-    """Check Part1 masks are 0/255 L-mode PNGs of the image's size."""
-    root = tiny_archives / "isic2017"
-    image_set = DATASETS["isic2017"].image_sets[0]
-    with zipfile.ZipFile(root / image_set.image_zip) as images, zipfile.ZipFile(root / image_set.mask_zip) as masks:
-        for name in masks.namelist():
-            mask = Image.open(io.BytesIO(masks.read(name)))
-            image_id = name.rsplit("/", 1)[1].removesuffix("_segmentation.png")
-            image = Image.open(io.BytesIO(images.read(f"{image_set.image_folder}/{image_id}.jpg")))
+def test_archive_folder_as_isic_cli_writes(archives: dict[str, Path]) -> None:
+    """Check isic_archive_melanoma: images/<isic_id>.jpg and a metadata.csv of melanomas."""
+    folder = archives["isic_archive_melanoma"] / "images"
+    header, rows = _read_csv((folder / "metadata.csv").read_bytes())
+    for col in ("isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general"):
+        assert col in header
+    assert {r["diagnosis"] for r in rows} == {"melanoma"}
+    assert {r["benign_malignant"] for r in rows} == {"malignant"}
+    assert sorted(p.stem for p in folder.glob("*.jpg")) == [r["isic_id"] for r in rows]
+
+
+def test_masks_are_binary_and_image_sized(task2: Path) -> None:
+    """Check lesion and attribute masks: L mode, values 0/255, the image's size, lesion non-empty."""
+    outdir = task2
+    image_set = DATASETS["isic2018_task2"].image_sets[0]
+    with (
+        zipfile.ZipFile(outdir / image_set.image_zip) as zi,
+        zipfile.ZipFile(outdir / image_set.mask_zip) as zm,
+        zipfile.ZipFile(outdir / image_set.attribute_zip) as za,
+    ):
+        for row in _truth(outdir):
+            image = _load(zi.open(f"{image_set.image_folder}/{row['image_id']}.jpg"))
+            assert image.size == (int(row["width"]), int(row["height"]))
+            mask = _load(zm.open(f"{image_set.mask_folder}/{row['image_id']}_segmentation.png"))
             assert mask.mode == "L"
             assert mask.size == image.size
-            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+            values = set(np.unique(np.asarray(mask)))
+            assert values == {0, 255}
+            for name in ATTRIBUTES:
+                attr = _load(
+                    za.open(f"{image_set.attribute_folder}/{row['image_id']}_attribute_{name}.png")
+                )
+                assert attr.mode == "L"
+                assert attr.size == image.size
+                assert set(np.unique(np.asarray(attr))) <= {0, 255}
+                assert np.asarray(attr).any() == bool(int(row[name]))
 
 
-def test_structures_change_pixels_only_inside_their_masks():
-    """Check each task-2 structure is painted exactly where its mask says: omitting it changes only masked pixels."""
-    rng = np.random.default_rng(4)
-    spec = resolve_spec("isic2018_task2", None)
-    checked = 0
-    for _ in range(6):
-        lesion = sample_lesion("melanoma", rng)
-        view, scene = sample_view(rng), sample_scene(rng, 300, 240, spec)
-        full = render(lesion, view, scene)
-        for name in ATTRIBUTES:
-            mask = full.attributes.get(name)
-            if mask is None or not mask.any():
-                continue
-            without = render(lesion, view, scene, omit={name})
-            changed = np.abs(full.image.astype(int) - without.image.astype(int)).max(axis=2) > 2
-            assert changed.any(), name
-            assert not (changed & ~mask).any(), name
-            checked += 1
-    assert checked >= 5
+@pytest.mark.parametrize("name", ATTRIBUTES)
+def test_structure_changes_pixels_only_inside_its_mask(name: str) -> None:
+    """Check painting a structure changes pixels only inside its mask, and does change some."""
+    rng = np.random.default_rng(3)
+    spec = resolve_spec("isic2018_task2", {}) | {"hair": 0.0, "ruler": 0.0}
+    found = 0
+    for _ in range(40):
+        style = "seborrheic_keratosis" if name == "milia_like_cyst" else "melanoma"
+        lesion = sample_lesion(style, rng)
+        view, scene = sample_view(rng), sample_scene(rng, 320, 240, spec)
+        if lesion.structures[name] is None:
+            continue
+        with_it = render(lesion, view, scene)
+        without = render(lesion, view, scene, omit={name})
+        changed = np.any(with_it.image != without.image, axis=-1)
+        mask = with_it.attributes[name]
+        assert not (changed & ~mask).any()
+        assert not without.attributes[name].any()
+        if mask.any():
+            assert changed.any()
+            found += 1
+    assert found >= 3
 
 
-def test_melanomas_are_larger_and_more_irregular_than_nevi(tiny_archives):
-    """Check the class signal exists in the truth: melanoma lesions cover more of the image than nevi."""
-    truth = pd.read_csv(tiny_archives / "isic2017" / "synthetic_truth" / "truth.csv")
-    truth["area_fraction"] = truth["lesion_area_px"] / (truth["width"] * truth["height"])
-    means = truth.groupby("label")["area_fraction"].mean()
-    assert means["melanoma"] > 1.3 * means["nevus"]
+def test_structures_visible_in_archive(task2: Path) -> None:
+    """Check globules are darker and milia-like cysts brighter inside their masks than the rest of
+    the lesion, on the written JPEGs."""
+    outdir = task2
+    image_set = DATASETS["isic2018_task2"].image_sets[0]
+    diffs: dict[str, list[float]] = {"globules": [], "milia_like_cyst": []}
+    with (
+        zipfile.ZipFile(outdir / image_set.image_zip) as zi,
+        zipfile.ZipFile(outdir / image_set.attribute_zip) as za,
+    ):
+        for row in _truth(outdir):
+            grey = np.asarray(
+                _load(zi.open(f"{image_set.image_folder}/{row['image_id']}.jpg")).convert("L"),
+                float,
+            )
+            lesion = np.asarray(_load(outdir / "synthetic_truth" / row["mask"])) > 0
+            for name in diffs:
+                m = (
+                    np.asarray(
+                        _load(
+                            za.open(
+                                f"{image_set.attribute_folder}/{row['image_id']}_attribute_{name}.png"
+                            )
+                        )
+                    )
+                    > 0
+                )
+                if m.sum() > 10 and (lesion & ~m).sum() > 10:
+                    diffs[name].append(grey[m].mean() - grey[lesion & ~m].mean())
+    assert diffs["globules"]
+    assert np.mean(diffs["globules"]) < -5
+    assert diffs["milia_like_cyst"]
+    assert np.mean(diffs["milia_like_cyst"]) > 5
 
 
-def test_isic2017_covers_the_three_height_bands(tiny_archives):
-    """Check heights below 1000, 1000-2000 and above 2000 px are all present."""
-    truth = pd.read_csv(tiny_archives / "isic2017" / "synthetic_truth" / "truth.csv")
-    assert (truth["height"] < 1000).any()
-    assert truth["height"].between(1000, 2000).any()
-    assert (truth["height"] > 2000).any()
+def test_melanomas_larger_and_darker_than_nevi(task2: Path) -> None:
+    """Check the class signal: melanomas cover more of the image and are darker than nevi."""
+    outdir = task2
+    image_set = DATASETS["isic2018_task2"].image_sets[0]
+    area: dict[str, list[float]] = {"melanoma": [], "nevus": [], "seborrheic_keratosis": []}
+    dark: dict[str, list[float]] = {"melanoma": [], "nevus": [], "seborrheic_keratosis": []}
+    with zipfile.ZipFile(outdir / image_set.image_zip) as zi:
+        for row in _truth(outdir):
+            grey = np.asarray(
+                _load(zi.open(f"{image_set.image_folder}/{row['image_id']}.jpg")).convert("L"),
+                float,
+            )
+            mask = np.asarray(_load(outdir / "synthetic_truth" / row["mask"])) > 0
+            area[row["label"]].append(mask.mean())
+            dark[row["label"]].append(grey[~mask].mean() - grey[mask].mean())
+    assert np.mean(area["melanoma"]) > 1.5 * np.mean(area["nevus"])
+    assert np.mean(dark["melanoma"]) > np.mean(dark["nevus"])
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    """Check the twin is byte-identical for one seed and differs for another."""
-    spec = tiny_spec("isic2019")
-    a = write_synthetic_archive("isic2019", tmp_path / "a", spec, seed=5)
-    b = write_synthetic_archive("isic2019", tmp_path / "b", spec, seed=5)
-    c = write_synthetic_archive("isic2019", tmp_path / "c", spec, seed=6)
-    for pa, pb, pc in zip(a, b, c, strict=True):
-        assert pa.read_bytes() == pb.read_bytes(), pa.name
-    assert any(pa.read_bytes() != pc.read_bytes() for pa, pc in zip(a, c, strict=True))
+def test_demographics_correlate_with_label(archives: dict[str, Path]) -> None:
+    """Check melanoma patients are older on average than benign ones (default 2020 population)."""
+    from melrepro.synthetic.plan import plan_dataset
+
+    plans = plan_dataset("isic2020", resolve_spec("isic2020", {}), 0)
+    mel = [p.age for p in plans if p.label == "melanoma"]
+    ben = [p.age for p in plans if p.label == "benign"]
+    assert np.mean(mel) > np.mean(ben) + 5
+    # several images per patient and per lesion, melanoma prevalence 8-10 %
+    patients = [p.patient_id for p in plans]
+    assert len(set(patients)) < len(patients) / 3
+    train = [p for p in plans if p.split == "train"]
+    assert 0.08 <= np.mean([p.label == "melanoma" for p in train]) <= 0.10
 
 
-def test_groups_metadata_and_duplicates(tiny_archives):
-    """Check several images per patient (2020), duplicates that are copies, and metadata that tracks the label."""
-    root = tiny_archives / "isic2020"
-    truth = pd.read_csv(root / "synthetic_truth" / "truth.csv")
-    assert truth.groupby("patient_id").size().max() > 1
-    duplicates = pd.read_csv(root / "ISIC_2020_Training_Duplicates.csv")
-    assert len(duplicates) == 2
-    with zipfile.ZipFile(root / "ISIC_2020_Training_JPEG.zip") as archive:
-        for pair in duplicates.itertuples():
-            first = np.asarray(Image.open(io.BytesIO(archive.read(f"train/{pair.image_name_1}.jpg"))), dtype=float)
-            second = np.asarray(Image.open(io.BytesIO(archive.read(f"train/{pair.image_name_2}.jpg"))), dtype=float)
-            assert np.abs(first - second).mean() < 3.0
+def test_isic2020_duplicates_are_copies(archives: dict[str, Path]) -> None:
+    """Check each listed duplicate pair: same label and patient, second image a (near) copy."""
+    outdir = archives["isic2020"]
+    _, pairs = _read_csv((outdir / "ISIC_2020_Training_Duplicates.csv").read_bytes())
+    _, gt = _read_csv((outdir / "ISIC_2020_Training_GroundTruth_v2.csv").read_bytes())
+    by_id = {r["image_name"]: r for r in gt}
+    assert len(pairs) == 2
+    with zipfile.ZipFile(outdir / "ISIC_2020_Training_JPEG.zip") as z:
+        for pair in pairs:
+            a, b = by_id[pair["image_name_1"]], by_id[pair["image_name_2"]]
+            assert (a["target"], a["patient_id"]) == (b["target"], b["patient_id"])
+            ia = np.asarray(_load(z.open(f"train/{a['image_name']}.jpg")), float)
+            ib = np.asarray(_load(z.open(f"train/{b['image_name']}.jpg")), float)
+            assert np.abs(ia - ib).mean() < 8
 
 
-def test_metadata_correlates_with_melanoma():
-    """Check melanoma patients are older on average in a default-size twin plan (the papers' skew)."""
-    from melrepro.synthetic.archive import _plan
-
-    spec = resolve_spec("isic2020", {"counts": {"train": {"melanoma": 60, "benign": 200}, "test": {}}})
-    plans, _ = _plan("isic2020", spec, np.random.default_rng(0))
-    ages = pd.DataFrame({"label": [p.label for p in plans], "age": [p.patient.age for p in plans]})
-    means = ages.groupby("label")["age"].mean()
-    assert means["melanoma"] > means["benign"] + 5
-
-
-def test_schema_file_matches_the_code():
-    """Check workflow/schemas/synthetic.schema.yaml is synthetic_schema() and its defaults DEFAULT_SPEC."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "synthetic.schema.yaml"
-    assert yaml.safe_load(path.read_text()) == synthetic_schema()
-    assert set(synthetic_schema()["properties"]) == set(DEFAULT_SPEC)
+def test_ids_unique_across_datasets_and_increasing(archives: dict[str, Path]) -> None:
+    """Check image ids are ISIC_%07d, unique across the twin, increasing within a dataset."""
+    seen: set[str] = set()
+    for outdir in archives.values():
+        ids = [r["image_id"] for r in _truth(outdir)]
+        assert all(len(i) == 12 and i.startswith("ISIC_") and i[5:].isdigit() for i in ids)
+        assert ids == sorted(ids)
+        assert not seen & set(ids)
+        seen |= set(ids)
 
 
-def test_bad_spec_is_refused():
-    """Check an unknown key or class names the dataset and the valid choices."""
-    with pytest.raises(ValueError, match="unknown key"):
-        resolve_spec("isic2017", {"colour": 1})
-    with pytest.raises(ValueError, match="unknown class"):
+def test_same_seed_identical_bytes_other_seed_differs(tmp_path: Path) -> None:
+    """Check the same (spec, seed) writes byte-identical files and another seed does not."""
+    spec = {
+        "counts": {"train": {"melanoma": 1, "benign": 3}, "test": {"benign": 1}},
+        "min_height": 64,
+        "max_height": 96,
+        "duplicates": 1,
+    }
+
+    def files(path: Path, seed: int) -> dict[str, bytes]:
+        write_synthetic_archive("isic2020", path, spec, seed=seed)
+        return {
+            str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+        }
+
+    a, b, c = files(tmp_path / "a", 5), files(tmp_path / "b", 5), files(tmp_path / "c", 6)
+    assert a == b
+    assert len(a) == len(c)
+    assert a["ISIC_2020_Training_JPEG.zip"] != c["ISIC_2020_Training_JPEG.zip"]
+
+
+def test_isic2017_height_bands(tmp_path: Path) -> None:
+    """Check isic2017 gets heights below 1000, 1000-2000 and above 2000 px when asked, and the
+    masks of big images have their size."""
+    spec = {
+        "counts": {
+            "train": {"melanoma": 1, "seborrheic_keratosis": 1, "nevus": 1},
+            "val": {},
+            "test": {},
+        },
+        "min_height": 120,
+        "max_height": 160,
+        "max_render_side": 256,
+        "height_bands": [
+            {"min_height": 1000, "max_height": 1100, "count": 1},
+            {"min_height": 2001, "max_height": 2050, "count": 1},
+        ],
+    }
+    write_synthetic_archive("isic2017", tmp_path, spec, seed=1)
+    heights = sorted(int(r["height"]) for r in _truth(tmp_path))
+    assert heights[0] < 1000 <= heights[1] <= 2000 < heights[2]
+    row = max(_truth(tmp_path), key=lambda r: int(r["height"]))
+    mask = _load(tmp_path / "synthetic_truth" / row["mask"])
+    assert mask.size == (int(row["width"]), int(row["height"]))
+
+
+def test_bad_spec_raises_then_valid_call() -> None:
+    """Check unknown keys and classes fail with the valid names, then a valid spec resolves."""
+    with pytest.raises(ValueError, match="valid keys"):
+        resolve_spec("isic2017", {"n_images": 3})
+    with pytest.raises(ValueError, match="seborrheic_keratosis"):
         resolve_spec("isic2017", {"counts": {"train": {"MEL": 3}}})
+    with pytest.raises(ValueError, match="unknown dataset"):
+        resolve_spec("isic2016", {})
+    assert resolve_spec("isic2017", {})["counts"] == DEFAULT_SPEC["isic2017"]["counts"]
+
+
+def test_schema_file_matches_defaults() -> None:
+    """Check workflow/schemas/synthetic.schema.yaml equals synthetic_schema() and accepts the defaults."""
+    jsonschema = pytest.importorskip("jsonschema")
+    on_disk = yaml.safe_load((ROOT / "workflow" / "schemas" / "synthetic.schema.yaml").read_text())
+    assert on_disk == synthetic_schema()
+    jsonschema.Draft202012Validator.check_schema(on_disk)
+    jsonschema.Draft202012Validator(on_disk).validate(DEFAULT_SPEC)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(on_disk).validate({"isic2017": {"hair": 2}})
+
+
+def test_default_spec_gives_every_class_enough_images() -> None:
+    """Check the defaults: 3 classes in every isic2017 split, >= 10 per class for 10-fold CV."""
+    counts = DEFAULT_SPEC["isic2017"]["counts"]
+    for split in ("train", "val", "test"):
+        assert all(counts[split][c] > 0 for c in CLASSES["isic2017"])
+    for c in CLASSES["isic2017"]:
+        assert counts["train"][c] >= 10

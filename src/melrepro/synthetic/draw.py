@@ -12,6 +12,7 @@ images of one lesion show the same lesion. Everything random is drawn by :func:`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,17 @@ from skimage import draw
 
 from melrepro.layouts import ATTRIBUTES
 
-__all__ = ["STYLES", "Lesion", "Rendered", "Scene", "View", "render", "sample_lesion", "sample_scene", "sample_view"]
+__all__ = [
+    "STYLES",
+    "Lesion",
+    "Rendered",
+    "Scene",
+    "View",
+    "render",
+    "sample_lesion",
+    "sample_scene",
+    "sample_view",
+]
 
 _C = {
     "light_brown": (178, 128, 88),
@@ -49,10 +60,10 @@ _SKIN = np.array(
 #: ``structures``: probability that each task-2 structure is painted.
 STYLES: dict[str, dict[str, Any]] = {
     "melanoma": {
-        "radius": (0.42, 0.72),
+        "radius": (0.5, 0.82),
         "elongation": (1.0, 1.5),
         "asymmetry": (0.08, 0.18),
-        "irregularity": (0.025, 0.06),
+        "irregularity": (0.02, 0.045),
         "edge": (1.5, 3.5),
         "opacity": (0.9, 1.0),
         "colours": (["dark_brown"], ["light_brown", "brown", "black", "blue_grey", "red"], (2, 4)),
@@ -67,7 +78,7 @@ STYLES: dict[str, dict[str, Any]] = {
         "features": (),
     },
     "nevus": {
-        "radius": (0.22, 0.42),
+        "radius": (0.28, 0.48),
         "elongation": (1.0, 1.15),
         "asymmetry": (0.0, 0.03),
         "irregularity": (0.0, 0.008),
@@ -85,7 +96,7 @@ STYLES: dict[str, dict[str, Any]] = {
         "features": (),
     },
     "seborrheic_keratosis": {
-        "radius": (0.28, 0.5),
+        "radius": (0.34, 0.58),
         "elongation": (1.0, 1.35),
         "asymmetry": (0.02, 0.06),
         "irregularity": (0.008, 0.02),
@@ -205,7 +216,9 @@ STYLES: dict[str, dict[str, Any]] = {
         "features": ("lobules",),
     },
 }
-STYLES["bkl"] = STYLES["seborrheic_keratosis"] | {"colours": ([], ["tan", "waxy", "light_brown", "brown"], (1, 3))}
+STYLES["bkl"] = STYLES["seborrheic_keratosis"] | {
+    "colours": ([], ["tan", "waxy", "light_brown", "brown"], (1, 3))
+}
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,7 @@ class Lesion:
     opacity: float
     colours: np.ndarray  # (n, 3) float32
     colour_fields: list[np.ndarray]  # one sine field per colour
+    colour_bias: np.ndarray  # (n,) how much of the lesion each colour takes (first = base)
     texture: float
     texture_field: np.ndarray
     structures: dict[str, dict[str, Any] | None]
@@ -272,7 +286,9 @@ def _sines(rng: np.random.Generator, n: int, fmin: float, fmax: float) -> np.nda
     angle = rng.uniform(0, 2 * np.pi, n)
     amp = rng.uniform(0.5, 1.0, n)
     amp = amp / np.sqrt(np.sum(amp**2) / 2)  # unit variance
-    return np.stack([amp, freq * np.cos(angle), freq * np.sin(angle), rng.uniform(0, 2 * np.pi, n)], 1)
+    return np.stack(
+        [amp, freq * np.cos(angle), freq * np.sin(angle), rng.uniform(0, 2 * np.pi, n)], 1
+    )
 
 
 def _eval(f: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -395,10 +411,16 @@ def sample_lesion(style: str, rng: np.random.Generator) -> Lesion:
     harmonics = np.stack([amp, rng.uniform(0, 2 * np.pi, 24)], 1)
     fixed, pool, (lo, hi) = st["colours"]
     n_extra = int(rng.integers(lo, hi + 1))
-    names = list(fixed) + [str(c) for c in rng.choice(pool, size=min(n_extra, len(pool)), replace=False)]
+    names = list(fixed) + [
+        str(c) for c in rng.choice(pool, size=min(n_extra, len(pool)), replace=False)
+    ]
     colours = np.array([_C[c] for c in names], np.float32)
     colours *= rng.uniform(0.9, 1.1, (len(names), 1)).astype(np.float32)
     colour_fields = [_sines(rng, 5, 0.4, 1.5) for _ in names]
+    colour_bias = np.concatenate(
+        [np.full(len(fixed), 0.8), rng.uniform(-0.8, 0.3, len(names) - len(fixed))]
+    )
+    colour_bias = colour_bias.astype(np.float32)
     texture_field = _sines(rng, 8, 4.0, 9.0)
     # The structure draws happen whether or not a structure is painted, so that the same seed
     # gives the same lesion whatever the probabilities.
@@ -417,6 +439,7 @@ def sample_lesion(style: str, rng: np.random.Generator) -> Lesion:
         opacity=_u(rng, st["opacity"]),
         colours=colours,
         colour_fields=colour_fields,
+        colour_bias=colour_bias,
         texture=float(st["texture"]),
         texture_field=texture_field,
         structures=structures,
@@ -446,7 +469,9 @@ def sample_scene(
     brightness = _u(rng, (spec["brightness_min"], spec["brightness_max"]))
     vignetting = _u(rng, (0.3, 0.85)) if rng.uniform() < spec["vignetting"] else 0.0
     hair = int(rng.integers(3, 30)) if rng.uniform() < spec["hair"] else 0
-    ruler = str(rng.choice(["top", "bottom", "left", "right"])) if rng.uniform() < spec["ruler"] else ""
+    ruler = (
+        str(rng.choice(["top", "bottom", "left", "right"])) if rng.uniform() < spec["ruler"] else ""
+    )
     return Scene(
         width=width,
         height=height,
@@ -491,7 +516,9 @@ class _Geometry:
 
 def _geometry(lesion: Lesion, view: View, width: int, height: int) -> _Geometry:
     radius = lesion.radius * view.scale * min(width, height) / 2
-    return _Geometry(view.cx * width, view.cy * height, radius, view.rotation, lesion.elongation, view.flip)
+    return _Geometry(
+        view.cx * width, view.cy * height, radius, view.rotation, lesion.elongation, view.flip
+    )
 
 
 _N_PHI = 2048
@@ -504,7 +531,9 @@ def _radius_table(lesion: Lesion) -> np.ndarray:
     return (1 + np.sum(amp * np.cos(k * phi[None] + phase), 0)).astype(np.float32)
 
 
-def _border(table: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _border(
+    table: np.ndarray, u: np.ndarray, v: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rho = np.hypot(u, v)
     phi = np.arctan2(v, u)
     idx = ((phi + np.pi) * (_N_PHI / (2 * np.pi))).astype(np.int32) % _N_PHI
@@ -526,14 +555,9 @@ def _grid(ys: slice, xs: slice, scale: float) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _polygon_mask(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    out = np.zeros(shape, bool)
-    rr, cc = draw.polygon(rows, cols, shape)
-    out[rr, cc] = True
-    return out
-
-
-def _streak_quads(geom: _Geometry, params: dict[str, Any], table: np.ndarray, scale: float):
+def _streak_quads(
+    geom: _Geometry, params: dict[str, Any], table: np.ndarray, scale: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each streak as a thin quadrilateral in pixel (row, col) coordinates at ``scale``."""
     phi = np.mod(params["angles"] + np.pi, 2 * np.pi) - np.pi
     idx = ((phi + np.pi) * (_N_PHI / (2 * np.pi))).astype(int) % _N_PHI
@@ -542,21 +566,45 @@ def _streak_quads(geom: _Geometry, params: dict[str, Any], table: np.ndarray, sc
     quads = []
     for p, ri, a, b in zip(phi, r, params["inner"], params["outer"], strict=True):
         c, s = math.cos(p), math.sin(p)
-        pts_u = np.array([a * ri * c - half * s, b * ri * c - half * s, b * ri * c + half * s, a * ri * c + half * s])
-        pts_v = np.array([a * ri * s + half * c, b * ri * s + half * c, b * ri * s - half * c, a * ri * s - half * c])
+        pts_u = np.array(
+            [
+                a * ri * c - half * s,
+                b * ri * c - half * s,
+                b * ri * c + half * s,
+                a * ri * c + half * s,
+            ]
+        )
+        pts_v = np.array(
+            [
+                a * ri * s + half * c,
+                b * ri * s + half * c,
+                b * ri * s - half * c,
+                a * ri * s - half * c,
+            ]
+        )
         x, y = geom.to_pixel(pts_u, pts_v)
         quads.append((y * scale - 0.5, x * scale - 0.5))
     return quads
 
 
-def _streak_mask(geom: _Geometry, params: dict[str, Any], table: np.ndarray, scale: float, shape: tuple[int, int]) -> np.ndarray:
+def _streak_mask(
+    geom: _Geometry, params: dict[str, Any], table: np.ndarray, scale: float, shape: tuple[int, int]
+) -> np.ndarray:
     out = np.zeros(shape, bool)
     for rows, cols in _streak_quads(geom, params, table, scale):
-        out |= _polygon_mask(shape, rows, cols)
+        rr, cc = draw.polygon(rows, cols, shape)
+        out[rr, cc] = True
     return out
 
 
-def _dots(geom: _Geometry, params: dict[str, Any], table: np.ndarray, scale: float, shape: tuple[int, int], min_px: float) -> np.ndarray:
+def _dots(
+    geom: _Geometry,
+    params: dict[str, Any],
+    table: np.ndarray,
+    scale: float,
+    shape: tuple[int, int],
+    min_px: float,
+) -> np.ndarray:
     """Disks at (rho * r(phi), phi) in lesion coordinates, radius in lesion units (>= min_px)."""
     out = np.zeros(shape, bool)
     phi = np.mod(params["phi"] + np.pi, 2 * np.pi) - np.pi
@@ -573,40 +621,97 @@ def _dots(geom: _Geometry, params: dict[str, Any], table: np.ndarray, scale: flo
 def _mix(img: np.ndarray, where: np.ndarray, colour: Any, amount: float | np.ndarray) -> None:
     """In place: img[where] = img[where] * (1 - amount) + colour * amount."""
     col = np.asarray(colour, np.float32)
-    if np.ndim(amount):
-        a = np.asarray(amount, np.float32)[where][:, None]
-    else:
-        a = np.float32(amount)
+    a = np.asarray(amount, np.float32)[where][:, None] if np.ndim(amount) else np.float32(amount)
     img[where] = img[where] * (1 - a) + col * a
+
+
+def _smooth(
+    h: int, w: int, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], factor: int = 8
+) -> np.ndarray:
+    """A smooth field ``fn(x, y)`` (coordinates in units of the longest side) evaluated on a grid
+    ``factor`` times coarser and resized up bilinearly: smooth fields need no per-pixel sines."""
+    hs, ws = max(2, -(-h // factor)), max(2, -(-w // factor))
+    y = ((np.arange(hs, dtype=np.float32) + 0.5) * (h / hs) / max(h, w))[:, None]
+    x = ((np.arange(ws, dtype=np.float32) + 0.5) * (w / ws) / max(h, w))[None, :]
+    small = np.ascontiguousarray(np.broadcast_to(fn(x, y), (hs, ws)), np.float32)
+    return np.asarray(Image.fromarray(small, "F").resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _coarse(
+    geom: _Geometry,
+    ys: slice,
+    xs: slice,
+    scale: float,
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    channels: int,
+    factor: int = 4,
+) -> np.ndarray:
+    """``fn(u, v)`` -> (..., channels) evaluated on a grid ``factor`` times coarser than the block
+    ``(ys, xs)`` and resized up bilinearly to the block's size."""
+    hb, wb = ys.stop - ys.start, xs.stop - xs.start
+    hs, ws = max(2, -(-hb // factor)), max(2, -(-wb // factor))
+    y = ((ys.start + (np.arange(hs, dtype=np.float32) + 0.5) * (hb / hs)) / scale)[:, None]
+    x = ((xs.start + (np.arange(ws, dtype=np.float32) + 0.5) * (wb / ws)) / scale)[None, :]
+    small = fn(*geom.to_lesion(x, y)).astype(np.float32)
+    out = np.empty((hb, wb, channels), np.float32)
+    for c in range(channels):
+        channel = Image.fromarray(np.ascontiguousarray(small[..., c]), "F")
+        out[..., c] = np.asarray(channel.resize((wb, hb), Image.Resampling.BILINEAR))
+    return out
 
 
 def _skin(scene: Scene, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     t = scene.skin_tone * (len(_SKIN) - 1)
     i = min(int(t), len(_SKIN) - 2)
     base = _SKIN[i] * (1 - (t - i)) + _SKIN[i + 1] * (t - i)
-    y = (np.arange(h, dtype=np.float32) / max(h, w))[:, None]
-    x = (np.arange(w, dtype=np.float32) / max(h, w))[None, :]
-    mottle = _eval(_sines(rng, 6, 1.0, 4.0), x, y)
-    redness = np.clip(_eval(_sines(rng, 4, 0.7, 2.0), x, y), 0, None)
-    img = np.empty((h, w, 3), np.float32)
-    img[:] = base
-    img *= (1 + 0.035 * mottle)[..., None]
-    img += (redness * 10)[..., None] * np.array([1.0, -0.6, -0.4], np.float32)
+    mottle_field, red_field = _sines(rng, 6, 1.0, 4.0), _sines(rng, 4, 0.7, 2.0)
+    mottle = _smooth(h, w, lambda x, y: 1 + 0.035 * _eval(mottle_field, x, y))
+    redness = _smooth(h, w, lambda x, y: 6 * np.clip(_eval(red_field, x, y), 0, None))
+    img = mottle[..., None] * base
+    img += redness[..., None] * np.array([1.0, -0.6, -0.4], np.float32)
     return img
 
 
-def _paint_network(img, inside, u, v, params, negative: bool) -> np.ndarray:
-    """A mesh of dark (or, negative, light) lines inside a patch of the lesion; returns the patch."""
-    patch = inside & (_eval(params["patch"], u, v) > params["threshold"])
+def _honeycomb(x: np.ndarray, y: np.ndarray, spacing: float) -> np.ndarray:
+    """Distance (0 on the walls, 1 at the centres) to the walls of a hexagonal mesh of cells
+    ``spacing`` apart: the holes and lines of a pigment network."""
+    size = np.float32(spacing / math.sqrt(3))
+    cx = (np.float32(math.sqrt(3) / 3) * x - np.float32(1 / 3) * y) / size
+    cz = (np.float32(2 / 3) * y) / size
+    cy = -cx - cz
+    rx, ry, rz = np.round(cx), np.round(cy), np.round(cz)
+    ex, ey, ez = np.abs(rx - cx), np.abs(ry - cy), np.abs(rz - cz)
+    fix_x = (ex > ey) & (ex > ez)
+    fix_y = ~fix_x & (ey > ez)
+    rx = np.where(fix_x, -ry - rz, rx)
+    ry = np.where(fix_y, -rx - rz, ry)
+    rz = -rx - ry
+    dx, dy, dz = cx - rx, cy - ry, cz - rz
+    return 1 - np.maximum(np.maximum(np.abs(dx - dy), np.abs(dy - dz)), np.abs(dz - dx))
+
+
+def _network_patch(
+    inside: np.ndarray, u: np.ndarray, v: np.ndarray, params: dict[str, Any]
+) -> np.ndarray:
+    """The part of the lesion a network covers: a smooth blob of the lesion."""
+    return inside & (_eval(params["patch"], u, v) > params["threshold"])
+
+
+def _paint_network(
+    img: np.ndarray,
+    patch: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    params: dict[str, Any],
+    negative: bool,
+) -> np.ndarray:
+    """A mesh of dark (or, negative, light) lines inside ``patch``; returns the patch."""
     if not patch.any():
         return patch
     c, s = np.float32(math.cos(params["angle"])), np.float32(math.sin(params["angle"]))
     wu, wv = u * c + v * s, -u * s + v * c
     warp = _eval(params["warp"], u, v) * np.float32(params["warp_amount"] * params["spacing"])
-    a = (wu + warp) / np.float32(params["spacing"])
-    b = (wv - warp) / np.float32(params["spacing"])
-    d = np.minimum(np.abs(a - np.round(a)), np.abs(b - np.round(b)))
-    lines = patch & (d < params["width"])
+    lines = patch & (_honeycomb(wu + warp, wv - warp, params["spacing"]) < 1.2 * params["width"])
     if negative:
         _mix(img, lines, _C["white"], 0.45)
         _mix(img, patch & ~lines, _C["dark_brown"], 0.25)
@@ -615,15 +720,22 @@ def _paint_network(img, inside, u, v, params, negative: bool) -> np.ndarray:
     return patch
 
 
-def _paint_lesion(img, lesion, geom, table, scale, omit) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _paint_lesion(
+    img: np.ndarray,
+    lesion: Lesion,
+    geom: _Geometry,
+    table: np.ndarray,
+    scale: float,
+    omit: frozenset[str] | set[str],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Paint the lesion and its structures on ``img`` (render scale); return its mask and the
-    structure masks, all at render scale."""
+    structure masks, all at render scale; also the mask without streaks (the body)."""
     h, w = img.shape[:2]
     mask = np.zeros((h, w), bool)
     attributes = {name: np.zeros((h, w), bool) for name in ATTRIBUTES}
     ys, xs = _bbox(geom, 1.45, scale, h, w)
     if ys.stop <= ys.start or xs.stop <= xs.start:
-        return mask, attributes
+        return mask, mask.copy(), attributes
     x, y = _grid(ys, xs, scale)
     u, v = geom.to_lesion(x, y)
     rho, _, r = _border(table, u, v)
@@ -637,11 +749,17 @@ def _paint_lesion(img, lesion, geom, table, scale, omit) -> tuple[np.ndarray, di
     if n == 1:
         colour = np.broadcast_to(lesion.colours[0], block.shape).copy()
     else:
-        logits = np.stack([_eval(f, u, v) for f in lesion.colour_fields], -1) * np.float32(2.5)
-        logits -= logits.max(-1, keepdims=True)
-        weights = np.exp(logits)
-        weights /= weights.sum(-1, keepdims=True)
-        colour = weights @ lesion.colours
+
+        def zones(cu: np.ndarray, cv: np.ndarray) -> np.ndarray:
+            logits = np.stack([_eval(f, cu, cv) for f in lesion.colour_fields], -1)
+            logits = (logits + lesion.colour_bias) * np.float32(2.5)
+            logits -= logits.max(-1, keepdims=True)
+            weights = np.exp(logits)
+            weights /= weights.sum(-1, keepdims=True)
+            return weights @ lesion.colours
+
+        # the zones vary slowly: painted on a 4x coarser grid and resized up
+        colour = _coarse(geom, ys, xs, scale, zones, 3)
     shade = 1 - 0.12 * np.clip(1 - rho / np.maximum(r, 1e-3), 0, 1)
     colour *= shade[..., None]
     if lesion.texture:
@@ -675,20 +793,29 @@ def _paint_lesion(img, lesion, geom, table, scale, omit) -> tuple[np.ndarray, di
                 x0, y0 = geom.to_pixel(np.float32(u0), np.float32(v0))
                 x1, y1 = geom.to_pixel(np.float32(u1), np.float32(v1))
                 rr, cc, _ = draw.line_aa(
-                    int(y0 * scale) - ys.start, int(x0 * scale) - xs.start,
-                    int(y1 * scale) - ys.start, int(x1 * scale) - xs.start,
+                    int(y0 * scale) - ys.start,
+                    int(x0 * scale) - xs.start,
+                    int(y1 * scale) - ys.start,
+                    int(x1 * scale) - xs.start,
                 )
                 ok = (rr >= 0) & (rr < sub.shape[0]) & (cc >= 0) & (cc < sub.shape[1])
                 sub[rr[ok], cc[ok]] = True
             _mix(block, sub & inside, _C[params["colour"]], 0.75)
 
     mask[ys, xs] = inside
+    body = mask.copy()
+    # a negative network takes the part of the lesion the pigment network leaves free (they
+    # rarely overlap in real lesions); decided by geometry, whether or not either is painted
+    pigment = lesion.structures["pigment_network"]
+    free = inside & ~_network_patch(inside, u, v, pigment) if pigment is not None else inside
     for name in ATTRIBUTES:
         params = lesion.structures[name]
         if params is None or name in omit:
             continue
         if name in ("pigment_network", "negative_network"):
-            patch = _paint_network(block, inside, u, v, params, name == "negative_network")
+            negative = name == "negative_network"
+            patch = _network_patch(free if negative else inside, u, v, params)
+            patch = _paint_network(block, patch, u, v, params, negative)
             attributes[name][ys, xs] = patch
         elif name == "streaks":
             painted = _streak_mask(geom, params, table, scale, (h, w))
@@ -697,13 +824,15 @@ def _paint_lesion(img, lesion, geom, table, scale, omit) -> tuple[np.ndarray, di
             attributes[name] = ndimage.binary_dilation(painted)
         elif name == "globules":
             painted = _dots(geom, params, table, scale, (h, w), 1.5)
-            _mix(img, painted, _C["black"] if lesion.style == "melanoma" else _C["dark_brown"], 0.75)
+            _mix(
+                img, painted, _C["black"] if lesion.style == "melanoma" else _C["dark_brown"], 0.75
+            )
             attributes[name] = ndimage.binary_dilation(painted)
         else:  # milia-like cysts: small bright dots
             painted = _dots(geom, params, table, scale, (h, w), 1.0)
             _mix(img, painted, (246, 240, 214), 0.85)
             attributes[name] = ndimage.binary_dilation(painted)
-    return mask, attributes
+    return mask, body, attributes
 
 
 def _paint_hair(img: np.ndarray, n: int, rng: np.random.Generator) -> None:
@@ -717,7 +846,9 @@ def _paint_hair(img: np.ndarray, n: int, rng: np.random.Generator) -> None:
         r2, c2 = r0 + length * math.sin(a), c0 + length * math.cos(a)
         bend = rng.normal(0, 0.15) * length
         r1, c1 = (r0 + r2) / 2 - bend * math.cos(a), (c0 + c2) / 2 + bend * math.sin(a)
-        rr, cc = draw.bezier_curve(int(r0), int(c0), int(r1), int(c1), int(r2), int(c2), 1, shape=(h, w))
+        rr, cc = draw.bezier_curve(
+            int(r0), int(c0), int(r1), int(c1), int(r2), int(c2), 1, shape=(h, w)
+        )
         for dr in range(thick):
             ok = rr + dr < h
             hair[rr[ok] + dr, cc[ok]] = True
@@ -748,7 +879,9 @@ def _rect(shape: tuple[int, int], r0: int, c0: int, r1: int, c1: int) -> np.ndar
     return out
 
 
-def render(lesion: Lesion, view: View, scene: Scene, *, omit: frozenset[str] | set[str] = frozenset()) -> Rendered:
+def render(
+    lesion: Lesion, view: View, scene: Scene, *, omit: frozenset[str] | set[str] = frozenset()
+) -> Rendered:
     """Paint one image of ``lesion`` seen through ``view`` in ``scene``.
 
     The image is painted with its longest side at most ``scene.max_render_side`` and resized up
@@ -772,41 +905,69 @@ def render(lesion: Lesion, view: View, scene: Scene, *, omit: frozenset[str] | s
     rngs = [np.random.default_rng([scene.seed, k]) for k in range(4)]
 
     img = _skin(scene, h, w, rngs[0])
-    mask, attributes = _paint_lesion(img, lesion, geom, table, scale, omit)
+    mask, body, attributes = _paint_lesion(img, lesion, geom, table, scale, omit)
     if scene.hair:
         _paint_hair(img, scene.hair, rngs[1])
     if scene.ruler:
         _paint_ruler(img, scene.ruler, rngs[2])
-    yy = ((np.arange(h, dtype=np.float32) + 0.5) / h - 0.5)[:, None] * 2
-    xx = ((np.arange(w, dtype=np.float32) + 0.5) / w - 0.5)[None, :] * 2
-    light = np.full((h, w), np.float32(scene.brightness))
     if scene.vignetting:
-        d = np.sqrt((xx**2 + yy**2) / 2)
-        light *= 1 - np.float32(scene.vignetting) * np.clip((d - 0.55) / 0.45, 0, 1) ** 2
-    img *= light[..., None]
-    img += rngs[3].standard_normal(img.shape, dtype=np.float32) * np.float32(2.0)
+        cx, cy = 0.5 * w / max(h, w), 0.5 * h / max(h, w)
+        half_diag = np.float32(math.hypot(cx, cy))
+
+        def light_fn(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            d = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) / half_diag
+            dark = np.float32(scene.vignetting) * np.clip((d - 0.55) / 0.45, 0, 1) ** 2
+            return np.float32(scene.brightness) * (1 - dark)
+
+        img *= _smooth(h, w, light_fn, factor=4)[..., None]
+    else:
+        img *= np.float32(scene.brightness)
+    # sensor noise: a seeded 64 x 64 tile repeated (invisible at this amplitude, and cheap)
+    tile = rngs[3].standard_normal((64, 64, 3), dtype=np.float32) * np.float32(2.0)
+    img += np.tile(tile, (-(-h // 64), -(-w // 64), 1))[:h, :w]
     image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
     if (h, w) != (big_h, big_w):
         image = np.asarray(Image.fromarray(image).resize((big_w, big_h), Image.Resampling.BICUBIC))
-        mask = _full_mask(lesion, geom, table, big_h, big_w)
+        mask = _full_mask(lesion, geom, table, body, big_h, big_w, "streaks" not in omit)
         attributes = {
-            k: np.asarray(Image.fromarray(m).resize((big_w, big_h), Image.Resampling.NEAREST))
+            k: _upscale(m, big_h, big_w) if m.any() else np.zeros((big_h, big_w), bool)
             for k, m in attributes.items()
         }
     return Rendered(image=image, mask=mask, attributes=attributes, radius_px=geom.radius)
 
 
-def _full_mask(lesion: Lesion, geom: _Geometry, table: np.ndarray, h: int, w: int) -> np.ndarray:
-    """The lesion mask at full resolution (border plus streaks), computed in the lesion's box."""
-    mask = np.zeros((h, w), bool)
-    ys, xs = _bbox(geom, 1.45, 1.0, h, w)
-    if ys.stop > ys.start and xs.stop > xs.start:
-        x, y = _grid(ys, xs, 1.0)
-        u, v = geom.to_lesion(x, y)
-        rho, _, r = _border(table, u, v)
-        mask[ys, xs] = rho < r
-    streaks = lesion.structures["streaks"]
-    if streaks is not None:
-        mask |= _streak_mask(geom, streaks, table, 1.0, (h, w))
+def _full_mask(
+    lesion: Lesion,
+    geom: _Geometry,
+    table: np.ndarray,
+    small: np.ndarray,
+    h: int,
+    w: int,
+    streaks: bool = True,
+) -> np.ndarray:
+    """The lesion mask at full resolution (border plus streaks).
+
+    ``small`` is the mask of the body (no streaks) at render scale: resized up, it is right
+    except within a couple of render pixels of its border, where the border is evaluated again at
+    full size; the streaks are drawn at full size.
+    """
+    grow = 2
+    band = ndimage.binary_dilation(small, iterations=grow) & ~ndimage.binary_erosion(
+        small, iterations=grow, border_value=1
+    )
+    mask = _upscale(small, h, w)
+    rows, cols = np.nonzero(_upscale(band, h, w))
+    u, v = geom.to_lesion(cols.astype(np.float32) + 0.5, rows.astype(np.float32) + 0.5)
+    rho, _, r = _border(table, u, v)
+    mask[rows, cols] = rho < r
+    params = lesion.structures["streaks"]
+    if streaks and params is not None:
+        mask |= _streak_mask(geom, params, table, 1.0, (h, w))
     return mask
+
+
+def _upscale(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean mask to (h, w)."""
+    image = Image.fromarray(mask.view(np.uint8)).resize((w, h), Image.Resampling.NEAREST)
+    return np.asarray(image).astype(bool)

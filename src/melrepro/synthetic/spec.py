@@ -20,9 +20,10 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "isic2020": ("melanoma", "benign"),
 }
 
+# Small images (longest side <= 600 px) except where a paper needs the real archive's sizes.
 _COMMON: dict[str, Any] = {
-    "min_height": 384,
-    "max_height": 600,
+    "min_height": 256,
+    "max_height": 400,
     "aspect_ratios": [1.0, 1.333, 1.5],
     "height_bands": [],
     "images_per_lesion": 1.0,
@@ -65,12 +66,12 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         ],
     ),
     "isic_archive_melanoma": _spec(
-        {"train": {"melanoma": 20}}, min_height=450, max_height=768, aspect_ratios=[1.333, 1.5]
+        {"train": {"melanoma": 20}}, min_height=320, max_height=450, aspect_ratios=[1.333, 1.5]
     ),
     "isic2018_task2": _spec(
         {"train": {"melanoma": 20, "seborrheic_keratosis": 10, "nevus": 30}},
-        min_height=384,
-        max_height=600,
+        min_height=320,
+        max_height=400,
         aspect_ratios=[1.333, 1.5],
     ),
     "isic2018_task3": _spec(
@@ -98,13 +99,13 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
             }
         },
         min_height=256,
-        max_height=600,
+        max_height=400,
         images_per_lesion=1.3,
     ),
     "isic2020": _spec(
         {"train": {"melanoma": 27, "benign": 273}, "test": {"melanoma": 6, "benign": 54}},
         min_height=256,
-        max_height=512,
+        max_height=400,
         images_per_lesion=1.2,
         images_per_patient=6.0,
         duplicates=6,
@@ -126,10 +127,24 @@ _BAND = {
     },
 }
 _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] = {
-    "min_height": ({"type": "integer"}, "Smallest image height (px) of the main size band.", 16, 8000),
-    "max_height": ({"type": "integer"}, "Largest image height (px) of the main size band.", 16, 8000),
+    "min_height": (
+        {"type": "integer"},
+        "Smallest image height (px) of the main size band.",
+        16,
+        8000,
+    ),
+    "max_height": (
+        {"type": "integer"},
+        "Largest image height (px) of the main size band.",
+        16,
+        8000,
+    ),
     "aspect_ratios": (
-        {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": 0.25, "maximum": 4}},
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "number", "minimum": 0.25, "maximum": 4},
+        },
         "Width/height ratios drawn uniformly per image (4:3 = 1.333, 3:2 = 1.5).",
         None,
         None,
@@ -155,7 +170,12 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         100,
     ),
     "hair": ({"type": "number"}, "Fraction of images with hairs (dark curves).", 0, 1),
-    "ruler": ({"type": "number"}, "Fraction of images with a ruler (tick marks on one edge).", 0, 1),
+    "ruler": (
+        {"type": "number"},
+        "Fraction of images with a ruler (tick marks on one edge).",
+        0,
+        1,
+    ),
     "vignetting": ({"type": "number"}, "Fraction of images with dark corners.", 0, 1),
     "skin_tone_max": (
         {"type": "number"},
@@ -293,7 +313,9 @@ def resolve_spec(dataset: str, spec: dict[str, Any] | None) -> dict[str, Any]:
         if not lo <= out[key] <= hi:
             raise ValueError(f"{dataset}: {key}={out[key]!r} outside [{lo}, {hi}]")
     if out["min_height"] > out["max_height"]:
-        raise ValueError(f"{dataset}: min_height > max_height ({out['min_height']} > {out['max_height']})")
+        raise ValueError(
+            f"{dataset}: min_height > max_height ({out['min_height']} > {out['max_height']})"
+        )
     if out["brightness_min"] > out["brightness_max"]:
         raise ValueError(f"{dataset}: brightness_min > brightness_max")
     for band in out["height_bands"]:
