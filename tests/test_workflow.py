@@ -151,3 +151,7 @@ def test_data_workflow_runs_on_tiny_config(tmp_path):
     assert (joined.dropna(subset=["lesion_id"]).groupby("lesion_id")["split"].nunique() == 1).all()
     again = snakemake(*targets, "--cores", "2", "--configfile", "config/tiny.yaml", cwd=workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
+    snakemake("--report", "report.html", *targets, "--configfile", "config/tiny.yaml", cwd=workdir)
+    report = (workdir / "report.html").read_text()
+    assert "Number of images per class" in report  # the caption
+    assert "class_counts.png" in report
