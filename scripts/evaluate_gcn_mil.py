@@ -1,0 +1,19 @@
+"""Rule evaluate_gcn_mil: test metrics and Eq. 3 segmentation (eta chosen on training) of one run."""
+
+from melrepro.gcn_mil import evaluate_gcn_mil
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+evaluate_gcn_mil(
+    snakemake.input.model,
+    snakemake.input.features,
+    snakemake.input.caches,
+    snakemake.output.predictions,
+    snakemake.output.sweep,
+    snakemake.output.metrics,
+    snakemake.output.scores,
+    thresholds=snakemake.params.thresholds,
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+    run_info=snakemake.params.run_info,
+)

@@ -1,0 +1,18 @@
+"""Rule extract_gcn_mil_features: bags and frozen ResNet18 block features of one isic2017 cache shard."""
+
+from melrepro.gcn_mil import extract_gcn_mil_features
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+extract_gcn_mil_features(
+    snakemake.input.cache,
+    snakemake.input.manifest,
+    snakemake.input.split,
+    snakemake.output.features,
+    bags=snakemake.params.bags,
+    pretrained=snakemake.params.pretrained,
+    seed=snakemake.params.seed,
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+    run_info=snakemake.params.run_info,
+)

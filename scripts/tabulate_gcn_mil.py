@@ -1,0 +1,17 @@
+"""Rule tabulate_gcn_mil: Tables 1-5 of the gcn_mil paper."""
+
+from melrepro.gcn_mil import tabulate_gcn_mil
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+tabulate_gcn_mil(
+    snakemake.input.manifest,
+    snakemake.input.split,
+    snakemake.input.metrics,
+    snakemake.input.paper_values,
+    dict(snakemake.output.items()),
+    bags=snakemake.params.bags,
+    model=snakemake.params.model,
+    freeze_backbone=snakemake.params.freeze_backbone,
+    run_info=snakemake.params.run_info,
+)

@@ -1,0 +1,19 @@
+"""Rule train_gcn_mil: one GCN-MIL training run on the cached bags (resumes from its checkpoint)."""
+
+from melrepro.gcn_mil import train_gcn_mil
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+train_gcn_mil(
+    snakemake.input.features,
+    snakemake.output.model,
+    snakemake.output.history,
+    snakemake.params.checkpoint_dir,
+    run=int(snakemake.wildcards.run),
+    seed=snakemake.params.seed,
+    model=snakemake.params.model,
+    train=snakemake.params.train,
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+    run_info=snakemake.params.run_info,
+)

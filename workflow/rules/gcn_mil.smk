@@ -1,0 +1,205 @@
+# Rules of the gcn_mil paper: GCN-based multi-instance learning on image blocks, ISIC 2017 (paper 000).
+#
+#   cache shard --extract_gcn_mil_features--> features/shard-K.pt (frozen ResNet18, one bag per image x DR angle)
+#   features --train_gcn_mil--> models/run-R.pt      (n_runs runs, checkpoints/ resume)
+#   model --evaluate_gcn_mil--> evaluation/run-R_*   (test metrics, eta sweep on training)
+#   evaluation --tabulate_gcn_mil / plot_gcn_mil--> tables/table01-05, figures/fig02-06
+
+GCN_MIL = config.get("gcn_mil", {})
+GCN_MIL_OUT = "results/gcn_mil"
+GCN_MIL_RUNS = list(range(int(GCN_MIL.get("n_runs", 5))))
+GCN_MIL_TABLES = [f"table{i:02d}" for i in range(1, 6)]
+GCN_MIL_FIGURES = [f"fig{i:02d}" for i in range(2, 7)]
+GCN_MIL_BAGS = {
+    "block_size": GCN_MIL.get("block_size", 224),
+    "strides": GCN_MIL.get("strides", [50, 120, 200]),
+    "height_bounds": GCN_MIL.get("height_bounds", [1000, 2000]),
+    "scale": GCN_MIL.get("scale", 1.0),
+    "cover_edges": GCN_MIL.get("cover_edges", False),
+    "radius_factor": GCN_MIL.get("radius_factor", 2**0.5),
+    "rotation_steps": GCN_MIL.get(
+        "rotation_steps", {"melanoma": 18, "seborrheic_keratosis": 18, "nevus": 45}
+    ),
+    "batch_size": GCN_MIL.get("feature_batch_size", 64),
+    "dihedral_views": GCN_MIL.get("dihedral_views", 8),
+}
+
+#: Full resolution (config/isic.yaml) needs hours and tens of GB (8 views x DR bags of ~300
+#: blocks, 512 float16 each, are held in memory for training); the default needs minutes.
+GCN_MIL_FULL = GCN_MIL.get("scale", 1.0) >= 1.0
+
+ARTIFACTS["gcn_mil"] = (
+    [f"{GCN_MIL_OUT}/tables/{t}.csv" for t in GCN_MIL_TABLES]
+    + [f"{GCN_MIL_OUT}/figures/fig01.png"]
+    + [f"{GCN_MIL_OUT}/figures/{f}.png" for f in GCN_MIL_FIGURES]
+)
+
+
+#: The isic2017 image-cache shards read, and the block-feature file made from each.
+GCN_MIL_CACHES = cache_shards("isic2017", GCN_MIL.get("cache_res", "orig"))
+GCN_MIL_FEATURES = [f"{GCN_MIL_OUT}/features/{Path(p).stem}.pt" for p in GCN_MIL_CACHES]
+
+
+rule extract_gcn_mil_features:
+    input:
+        cache=f"results/data/isic2017/cache/{GCN_MIL.get('cache_res', 'orig')}/shard-{{shard}}.npz",
+        manifest=manifest("isic2017"),
+        split=split_file("isic2017", "official"),
+    output:
+        features=f"{GCN_MIL_OUT}/features/shard-{{shard}}.pt",
+    log:
+        "logs/extract_gcn_mil_features/{shard}.log",
+    benchmark:
+        "benchmarks/results/extract_gcn_mil_features/{shard}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000 if GCN_MIL_FULL else 4000,
+        runtime=1440 if GCN_MIL_FULL else 60,
+        gpu=1,
+    params:
+        bags=GCN_MIL_BAGS,
+        pretrained=config["pretrained"],
+        seed=config["seed"],
+        device=config["device"],
+        run_info=run_info_params(),
+    script:
+        "../../scripts/extract_gcn_mil_features.py"
+
+
+rule train_gcn_mil:
+    input:
+        features=GCN_MIL_FEATURES,
+    output:
+        model=f"{GCN_MIL_OUT}/models/run-{{run}}.pt",
+        history=f"{GCN_MIL_OUT}/models/run-{{run}}_history.tsv",
+    log:
+        "logs/train_gcn_mil/{run}.log",
+    benchmark:
+        "benchmarks/results/train_gcn_mil/{run}.tsv"
+    wildcard_constraints:
+        run=r"\d+",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=64000 if GCN_MIL_FULL else 8000,
+        runtime=2880 if GCN_MIL_FULL else 120,
+        gpu=1,
+    params:
+        checkpoint_dir=lambda wc: f"{GCN_MIL_OUT}/checkpoints/run-{wc.run}",
+        model=GCN_MIL.get("model", {}),
+        train=GCN_MIL.get("train", {}),
+        seed=config["seed"],
+        device=config["device"],
+        run_info=run_info_params(),
+    script:
+        "../../scripts/train_gcn_mil.py"
+
+
+rule evaluate_gcn_mil:
+    input:
+        model=f"{GCN_MIL_OUT}/models/run-{{run}}.pt",
+        features=GCN_MIL_FEATURES,
+        caches=GCN_MIL_CACHES,
+    output:
+        predictions=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_predictions.csv",
+        sweep=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_sweep.csv",
+        metrics=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_metrics.json",
+        scores=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_scores.npz",
+    log:
+        "logs/evaluate_gcn_mil/{run}.log",
+    benchmark:
+        "benchmarks/results/evaluate_gcn_mil/{run}.tsv"
+    wildcard_constraints:
+        run=r"\d+",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000 if GCN_MIL_FULL else 8000,
+        runtime=240 if GCN_MIL_FULL else 60,
+        gpu=1,
+    params:
+        thresholds=GCN_MIL.get("thresholds", {}),
+        device=config["device"],
+        run_info=run_info_params(),
+    script:
+        "../../scripts/evaluate_gcn_mil.py"
+
+
+rule tabulate_gcn_mil:
+    input:
+        manifest=manifest("isic2017"),
+        split=split_file("isic2017", "official"),
+        metrics=expand(
+            f"{GCN_MIL_OUT}/evaluation/run-{{run}}_metrics.json", run=GCN_MIL_RUNS
+        ),
+        paper_values="config/paper_values/gcn_mil.csv",
+    output:
+        **{
+            t: report(
+                f"{GCN_MIL_OUT}/tables/{t}.csv",
+                caption=f"../report/gcn_mil_{t}.rst",
+                category="gcn_mil",
+            )
+            for t in GCN_MIL_TABLES
+        },
+    log:
+        "logs/tabulate_gcn_mil/tabulate.log",
+    benchmark:
+        "benchmarks/results/tabulate_gcn_mil/tabulate.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000 if GCN_MIL_FULL else 2000,
+        runtime=10,
+    params:
+        bags=GCN_MIL_BAGS,
+        model=GCN_MIL.get("model", {}),
+        freeze_backbone=GCN_MIL.get("freeze_backbone", True),
+        run_info=run_info_params(),
+    script:
+        "../../scripts/tabulate_gcn_mil.py"
+
+
+rule plot_gcn_mil:
+    input:
+        manifest=manifest("isic2017"),
+        split=split_file("isic2017", "official"),
+        caches=GCN_MIL_CACHES,
+        features=GCN_MIL_FEATURES,
+        predictions=f"{GCN_MIL_OUT}/evaluation/run-0_predictions.csv",
+        scores=f"{GCN_MIL_OUT}/evaluation/run-0_scores.npz",
+        metrics=f"{GCN_MIL_OUT}/evaluation/run-0_metrics.json",
+        sweeps=expand(
+            f"{GCN_MIL_OUT}/evaluation/run-{{run}}_sweep.csv", run=GCN_MIL_RUNS
+        ),
+    output:
+        **{
+            f: report(
+                f"{GCN_MIL_OUT}/figures/{f}.png",
+                caption=f"../report/gcn_mil_{f}.rst",
+                category="gcn_mil",
+            )
+            for f in GCN_MIL_FIGURES
+        },
+    log:
+        "logs/plot_gcn_mil/plot.log",
+    benchmark:
+        "benchmarks/results/plot_gcn_mil/plot.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000 if GCN_MIL_FULL else 4000,
+        runtime=30 if GCN_MIL_FULL else 10,
+    params:
+        bags=GCN_MIL_BAGS,
+        n_cases=GCN_MIL.get("figure_cases", 4),
+        seed=config["seed"],
+        run_info=run_info_params(),
+    script:
+        "../../scripts/plot_gcn_mil.py"
