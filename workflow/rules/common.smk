@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(workflow.main_snakefile).parent / "src"))
 
 from melrepro.layouts import DATASETS as LAYOUTS
 
-
 validate(config, "../schemas/config.schema.yaml")
 validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
 
@@ -21,7 +20,7 @@ validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
 #: against its own schema and built by `rule all` when its `activate` is true.
 PAPERS = ["gcn_mil", "sp_graphs", "siim2020", "effnet_ham", "gradcam_overlap"]
 for _paper in PAPERS:
-    if _paper in config and Path(workflow.main_snakefile).parent.joinpath(f"workflow/schemas/{_paper}.schema.yaml").exists():  # TODO strict
+    if _paper in config:
         validate(config[_paper], f"../schemas/{_paper}.schema.yaml")
 
 #: Which datasets each paper reads (DESIGN.md section 1).
@@ -50,6 +49,17 @@ wildcard_constraints:
     paper="|".join(PAPERS),
 
 
+def sorted_params(value):
+    """`value` with every dict's keys sorted: schema validation fills defaults in an order that
+    can differ between runs, and Snakemake would take the reordered params as changed.
+    """
+    if isinstance(value, dict):
+        return {k: sorted_params(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_params(v) for v in value]
+    return value
+
+
 def active_papers():
     """Papers with a config section whose `activate` is true."""
     return [p for p in PAPERS if config.get(p, {}).get("activate", False)]
@@ -73,7 +83,9 @@ def archive_folder(dataset):
 
 #: Datasets shipped as official files on the challenge hosts (the archive melanomas come from isic-cli).
 FILE_DATASETS = [d for d in DATASETS if not LAYOUTS[d].folder]
-MELANOMA_FOLDER = f"{ARCHIVES}/isic_archive_melanoma/{LAYOUTS['isic_archive_melanoma'].folder}"
+MELANOMA_FOLDER = (
+    f"{ARCHIVES}/isic_archive_melanoma/{LAYOUTS['isic_archive_melanoma'].folder}"
+)
 
 
 def official_file_regex():

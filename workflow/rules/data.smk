@@ -10,22 +10,25 @@ if SOURCE == "synthetic":
             name:
                 f"make_synthetic_{_dataset}"
             output:
-                files=[f"{ARCHIVES}/{_dataset}/{name}" for name in LAYOUTS[_dataset].files()],
+                files=[
+                    f"{ARCHIVES}/{_dataset}/{name}"
+                    for name in LAYOUTS[_dataset].files()
+                ],
                 truth=f"{ARCHIVES}/{_dataset}/synthetic_truth/truth.csv",
-            params:
-                dataset=_dataset,
-                spec=config["data"]["synthetic"].get(_dataset, {}),
-                seed=config["seed"],
             log:
                 f"logs/make_synthetic_archive/{_dataset}.log",
             benchmark:
                 f"benchmarks/results/make_synthetic_archive/{_dataset}.tsv"
+            conda:
+                "../../envs/data.yaml"
             threads: 1
             resources:
                 mem_mb=2000,
                 runtime=30,
-            conda:
-                "../../envs/data.yaml"
+            params:
+                dataset=_dataset,
+                spec=sorted_params(config["data"]["synthetic"].get(_dataset, {})),
+                seed=config["seed"],
             script:
                 "../../scripts/make_synthetic_archive.py"
 
@@ -39,19 +42,19 @@ rule check_images:
         archives=lambda wc: archive_inputs(wc.dataset),
     output:
         checks="results/data/{dataset}/checks/shard-{shard}.parquet",
-    params:
-        folder=lambda wc: archive_folder(wc.dataset),
-        n_shards=lambda wc: n_shards(wc.dataset),
     log:
         "logs/check_images/{dataset}/{shard}.log",
     benchmark:
         "benchmarks/results/check_images/{dataset}/{shard}.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=3000,
         runtime=60,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        folder=lambda wc: archive_folder(wc.dataset),
+        n_shards=lambda wc: n_shards(wc.dataset),
     script:
         "../../scripts/check_images.py"
 
@@ -64,22 +67,22 @@ rule ingest_dataset:
         manifest="results/data/{dataset}/manifest.parquet",
         quarantine="results/data/{dataset}/quarantine.csv",
         run_info="results/data/{dataset}/run_info.json",
+    log:
+        "logs/ingest_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/results/ingest_dataset/{dataset}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         folder=lambda wc: archive_folder(wc.dataset),
         n_shards=lambda wc: n_shards(wc.dataset),
         on_undecodable=config["data"]["on_undecodable"],
         run_info=run_info_params(),
-        config=config["data"],
-    log:
-        "logs/ingest_dataset/{dataset}.log",
-    benchmark:
-        "benchmarks/results/ingest_dataset/{dataset}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/data.yaml"
+        config=sorted_params(config["data"]),
     script:
         "../../scripts/ingest_dataset.py"
 
@@ -90,18 +93,18 @@ rule cache_images:
         archives=lambda wc: archive_inputs(wc.dataset),
     output:
         shard="results/data/{dataset}/cache/{res}/shard-{shard}.npz",
-    params:
-        folder=lambda wc: archive_folder(wc.dataset),
     log:
         "logs/cache_images/{dataset}/{res}/{shard}.log",
     benchmark:
         "benchmarks/results/cache_images/{dataset}/{res}/{shard}.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=6000,
         runtime=60,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        folder=lambda wc: archive_folder(wc.dataset),
     script:
         "../../scripts/cache_images.py"
 
@@ -111,19 +114,19 @@ rule make_split:
         manifest="results/data/{dataset}/manifest.parquet",
     output:
         split="results/data/{dataset}/splits/{split_name}.parquet",
-    params:
-        seed=config["seed"],
-        splits=config["data"].get("splits", {}),
     log:
         "logs/make_split/{dataset}/{split_name}.log",
     benchmark:
         "benchmarks/results/make_split/{dataset}/{split_name}.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        seed=config["seed"],
+        splits=sorted_params(config["data"].get("splits", {})),
     script:
         "../../scripts/make_split.py"
 
@@ -146,11 +149,11 @@ rule count_classes:
         "logs/count_classes/count_classes.log",
     benchmark:
         "benchmarks/results/count_classes/count_classes.tsv"
+    conda:
+        "../../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
     script:
         "../../scripts/count_classes.py"

@@ -11,19 +11,19 @@ rule score_paper:
             caption="../report/scorecard.rst",
             category="scorecard",
         ),
-    params:
-        tables_dir="results/{paper}/tables",
-        data_source=SOURCE,
     log:
         "logs/score_paper/{paper}.log",
     benchmark:
         "benchmarks/results/score_paper/{paper}.tsv"
+    conda:
+        "../../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/report.yaml"
+    params:
+        tables_dir="results/{paper}/tables",
+        data_source=SOURCE,
     script:
         "../../scripts/score_paper.py"
 
@@ -43,12 +43,12 @@ rule summarize_scorecard:
         "logs/summarize_scorecard/summary.log",
     benchmark:
         "benchmarks/results/summarize_scorecard/summary.tsv"
+    conda:
+        "../../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/report.yaml"
     script:
         "../../scripts/summarize_scorecard.py"
 
@@ -65,22 +65,24 @@ for _paper, _figure in RULEGRAPH_FIGURES.items():
                 caption=f"../report/rulegraph.rst",
                 category=_paper,
             ),
-        params:
-            paper=_paper,
-            targets=[
-                p for p in ARTIFACTS.get(_paper, []) if Path(p).name != f"{_figure}.png"
-            ],
-            snakefile=workflow.main_snakefile,
-            configfiles=workflow.configfiles,
         log:
             f"logs/draw_rulegraph/{_paper}.log",
         benchmark:
             f"benchmarks/results/draw_rulegraph/{_paper}.tsv"
+        conda:
+            "../../envs/report.yaml"
         threads: 1
         resources:
             mem_mb=1000,
             runtime=10,
-        conda:
-            "../../envs/report.yaml"
+        params:
+            paper=_paper,
+            targets=[
+                p
+                for p in ARTIFACTS.get(_paper, [])
+                if Path(p).name != f"{_figure}.png"
+            ],
+            snakefile=workflow.main_snakefile,
+            configfiles=workflow.configfiles,
         script:
             "../../scripts/draw_rulegraph.py"
