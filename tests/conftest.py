@@ -23,7 +23,9 @@ TINY_COUNTS = {
         "val": {"MEL": 1, "NV": 2},
         "test": {"MEL": 1, "NV": 2, "BKL": 1},
     },
-    "isic2019": {"train": {"MEL": 3, "NV": 4, "BCC": 1, "AK": 1, "BKL": 1, "DF": 1, "VASC": 1, "SCC": 1}},
+    "isic2019": {
+        "train": {"MEL": 3, "NV": 4, "BCC": 1, "AK": 1, "BKL": 1, "DF": 1, "VASC": 1, "SCC": 1}
+    },
     "isic2020": {"train": {"melanoma": 3, "benign": 12}, "test": {"melanoma": 1, "benign": 3}},
 }
 

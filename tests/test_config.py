@@ -29,7 +29,9 @@ def _merged(*names):
     return config
 
 
-@pytest.mark.parametrize("files", [("config.yaml",), ("config.yaml", "isic.yaml")], ids=["default", "isic"])
+@pytest.mark.parametrize(
+    "files", [("config.yaml",), ("config.yaml", "isic.yaml")], ids=["default", "isic"]
+)
 def test_shipped_configs_validate(files):
     """Check the default config and the real-data config pass every schema."""
     config = _merged(*files)

@@ -38,7 +38,9 @@ def test_env_pins_agree_with_lock(path):
     assert pip, path
     for requirement in pip:
         name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", requirement).groups()
-        assert lock[name.lower()] == version, f"{path.name}: {requirement} vs lock {lock.get(name.lower())}"
+        assert lock[name.lower()] == version, (
+            f"{path.name}: {requirement} vs lock {lock.get(name.lower())}"
+        )
 
 
 def test_torch_pins_are_the_project_pins():
@@ -51,4 +53,5 @@ def test_torch_pins_are_the_project_pins():
     assert "torchvision==0.29.1" in project
     torch_env = yaml.safe_load((ROOT / "envs" / "torch.yaml").read_text())
     pip = next(d["pip"] for d in torch_env["dependencies"] if isinstance(d, dict))
-    assert "torch==2.14.1" in pip and "torchvision==0.29.1" in pip
+    assert "torch==2.14.1" in pip
+    assert "torchvision==0.29.1" in pip

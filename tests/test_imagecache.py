@@ -45,7 +45,9 @@ def isic2017_manifest(tiny_archives):
 def test_cache_round_trip(isic2017_manifest, tmp_path):
     """Check two shards hold every image once, at the right size, with 0/1 masks of the same size."""
     root, manifest = isic2017_manifest
-    paths = [cache_images(manifest, root, k, "max160", tmp_path / f"shard-{k:03d}.npz") for k in range(2)]
+    paths = [
+        cache_images(manifest, root, k, "max160", tmp_path / f"shard-{k:03d}.npz") for k in range(2)
+    ]
     cached = read_cache(paths)
     assert sorted(cached) == sorted(manifest["image_id"])
     for record in manifest.itertuples():
@@ -80,5 +82,7 @@ def test_cached_pixels_are_the_resized_archive_image(isic2017_manifest, tmp_path
     with ArchiveFolder(root) as archive:
         for record in manifest[manifest["shard"] == 1].itertuples():
             original = Image.open(io.BytesIO(archive.read(record.image_uri))).convert("RGB")
-            reference = np.asarray(original.resize((64, 64), Image.Resampling.BILINEAR), dtype=float)
+            reference = np.asarray(
+                original.resize((64, 64), Image.Resampling.BILINEAR), dtype=float
+            )
             assert np.abs(cached[record.image_id].image - reference).mean() < 3.0

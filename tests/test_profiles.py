@@ -26,7 +26,11 @@ def test_slurm_profile_sends_every_gpu_rule_to_the_gpu_partition():
     assert profile["executor"] == "slurm"
     listed = set(profile["set-resources"])
     listed_rules = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--list-rules"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "snakemake", "--list-rules"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert listed <= set(listed_rules)
     gpu_rules = _rules_with_gpu()

@@ -23,7 +23,12 @@ DOT = """digraph snakemake_dag {
 def test_run_info_records_weights_device_seed_and_versions(tmp_path):
     """Check the fields DESIGN.md section 4 asks for are written."""
     path = write_run_info(
-        tmp_path / "out", data_source="synthetic", config={"a": 1}, seed=3, weights="random-init", device="cpu"
+        tmp_path / "out",
+        data_source="synthetic",
+        config={"a": 1},
+        seed=3,
+        weights="random-init",
+        device="cpu",
     )
     info = json.loads(path.read_text())
     assert info["data_source"] == "synthetic"

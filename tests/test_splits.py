@@ -13,7 +13,9 @@ def _manifest(n_lesions=120, seed=0):
     for lesion in range(n_lesions):
         label = "MEL" if lesion % 5 == 0 else "NV"
         for _ in range(rng.integers(1, 4)):
-            rows.append({"lesion_id": f"L{lesion}", "patient_id": f"P{lesion // 3}", "label": label})
+            rows.append(
+                {"lesion_id": f"L{lesion}", "patient_id": f"P{lesion // 3}", "label": label}
+            )
     frame = pd.DataFrame(rows)
     frame["image_id"] = [f"ISIC_{i:07d}" for i in range(len(frame))]
     frame["target"] = (frame["label"] == "MEL").astype("Int8")
@@ -21,7 +23,9 @@ def _manifest(n_lesions=120, seed=0):
     return frame
 
 
-@pytest.mark.parametrize(("name", "column"), [("lesion_70_15_15", "lesion_id"), ("patient_85_15", "patient_id")])
+@pytest.mark.parametrize(
+    ("name", "column"), [("lesion_70_15_15", "lesion_id"), ("patient_85_15", "patient_id")]
+)
 def test_grouped_split_no_group_crosses_splits(name, column):
     """Check every lesion (patient) lands in exactly one split."""
     manifest = _manifest()
@@ -29,7 +33,9 @@ def test_grouped_split_no_group_crosses_splits(name, column):
     joined = manifest.assign(split=split["split"].to_numpy())
     splits_per_group = joined.groupby(column)["split"].nunique()
     assert (splits_per_group == 1).all()
-    assert set(joined["split"]) == ({"train", "val", "test"} if column == "lesion_id" else {"train", "val"})
+    assert set(joined["split"]) == (
+        {"train", "val", "test"} if column == "lesion_id" else {"train", "val"}
+    )
 
 
 def test_grouped_split_fractions_and_strata():

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
-
 from conftest import tiny_spec
+
 from melrepro.layouts import DATASETS
 from melrepro.layouts import DATASETS as LAYOUTS
 from melrepro.synthetic import CLASSES
@@ -26,7 +25,9 @@ def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Co
         [sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -87,7 +88,9 @@ def test_snakefmt_and_ruff_are_clean():
         [binary / "ruff", "format", "--check", "."],
     ):
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, f"{command[0].name}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+        assert result.returncode == 0, (
+            f"{command[0].name}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
 
 
 def _copy_workflow(tmp_path: Path) -> Path:
@@ -114,7 +117,7 @@ def _tiny_config(workdir: Path) -> Path:
         }
         config["data"]["synthetic"][dataset] = spec
     config["data"]["n_shards"] = dict.fromkeys(DATASETS, 2)
-    for key, value in config.items():
+    for value in config.values():
         if isinstance(value, dict) and "activate" in value:
             value["activate"] = False
     path = workdir / "config" / "tiny.yaml"

@@ -33,14 +33,14 @@ def class_counts(manifests: list[pd.DataFrame]) -> pd.DataFrame:
     return table.astype(int)
 
 
-def write_class_counts(manifest_paths: list[str | Path], table_path: str | Path, figure_path: str | Path) -> None:
+def write_class_counts(
+    manifest_paths: list[str | Path], table_path: str | Path, figure_path: str | Path
+) -> None:
     """Write the class-count table (csv + md) and a bar chart per dataset."""
     table = class_counts([pd.read_parquet(p) for p in manifest_paths])
     write_table(table, table_path, title="Images per class and official split")
     datasets = list(dict.fromkeys(table.index.get_level_values("dataset")))
-    fig, axes = new_figure(
-        len(datasets), 1, figsize=(8, 2.2 * len(datasets)), squeeze=False
-    )
+    fig, axes = new_figure(len(datasets), 1, figsize=(8, 2.2 * len(datasets)), squeeze=False)
     for ax, dataset in zip(axes[:, 0], datasets, strict=True):
         sub = table.loc[dataset].drop(columns="total")
         sub.plot.barh(stacked=True, ax=ax, width=0.7)

@@ -174,9 +174,7 @@ def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
         images = _images_of(archive, image_set)
         labels = read_checked_csv(archive, image_set.labels)
         _match_labels(archive, images, labels["image_id"], image_set.labels.file, image_set)
-        masks = _masks_of(
-            archive, image_set.mask_zip, image_set.mask_folder, image_set.mask_suffix
-        )
+        masks = _masks_of(archive, image_set.mask_zip, image_set.mask_folder, image_set.mask_suffix)
         _match_masks(archive, images, masks, image_set.mask_zip)
         where = str(archive.path(image_set.labels.file))
         for column in ("melanoma", "seborrheic_keratosis"):
@@ -425,8 +423,11 @@ def index_dataset(archive_root: str | Path, dataset: str, *, n_shards: int = 1) 
             frame[column] = frame[column].astype(dtype)
     ordered = [c for c in MANIFEST_COLUMNS if c not in ("width", "height")]
     rest = sorted(c for c in frame.columns if c not in MANIFEST_COLUMNS)
-    frame = frame[ordered + [c for c in rest if not c.startswith("raw_")]
-                  + [c for c in rest if c.startswith("raw_")]]
+    frame = frame[
+        ordered
+        + [c for c in rest if not c.startswith("raw_")]
+        + [c for c in rest if c.startswith("raw_")]
+    ]
     return frame.sort_values("image_id", ignore_index=True)
 
 
@@ -512,7 +513,9 @@ def write_check_shard(
     checks.to_parquet(tmp, index=False)
     tmp.replace(output)
     bad = int((~checks["decodable"]).sum())
-    logger.info("checked %d images of %s shard %d: %d undecodable", len(checks), dataset, shard, bad)
+    logger.info(
+        "checked %d images of %s shard %d: %d undecodable", len(checks), dataset, shard, bad
+    )
     return output
 
 

@@ -35,8 +35,16 @@ def parse_rulegraph(dot: str) -> nx.DiGraph:
 
 def rulegraph_dot(snakefile: str | Path, targets: list[str], configfiles: list[str]) -> str:
     """Run ``snakemake --rulegraph`` for ``targets`` (no lock, nothing executed) and return the dot text."""
-    command = [sys.executable, "-m", "snakemake", *targets, "--snakefile", str(snakefile),
-               "--rulegraph", "--nolock"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "--snakefile",
+        str(snakefile),
+        "--rulegraph",
+        "--nolock",
+    ]
     if configfiles:
         command += ["--configfile", *map(str, configfiles)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -56,11 +64,19 @@ def draw_rulegraph(graph: nx.DiGraph, png_path: str | Path, *, title: str) -> Pa
     levels = 1 + max((d["level"] for _, d in graph.nodes(data=True)), default=0)
     height = max(len(nodes) for nodes in nx.topological_generations(graph)) if len(graph) else 1
     fig, ax = new_figure(figsize=(max(6, 2.6 * levels), max(3, 0.7 * height)))
-    nx.draw_networkx_edges(graph, positions, ax=ax, arrows=True, arrowsize=10,
-                           edge_color="#888888", node_size=2500)
+    nx.draw_networkx_edges(
+        graph, positions, ax=ax, arrows=True, arrowsize=10, edge_color="#888888", node_size=2500
+    )
     for node, (x, y) in positions.items():
-        ax.text(x, y, node, ha="center", va="center", fontsize=8,
-                bbox={"boxstyle": "round", "facecolor": "#e8f0fa", "edgecolor": "#4a78b0"})
+        ax.text(
+            x,
+            y,
+            node,
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "#e8f0fa", "edgecolor": "#4a78b0"},
+        )
     ax.set_title(title)
     ax.axis("off")
     return save_figure(fig, png_path)

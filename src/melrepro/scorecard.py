@@ -72,7 +72,9 @@ def score_paper(
         table = cache[record.artifact]
         reproduced = None if table is None else lookup(table, record.row, record.column)
         if reproduced is None:
-            logger.warning("no reproduced value for %s / %s / %s", record.artifact, record.row, record.column)
+            logger.warning(
+                "no reproduced value for %s / %s / %s", record.artifact, record.row, record.column
+            )
         paper = float(record.value)
         rows.append(
             {
@@ -87,7 +89,15 @@ def score_paper(
         )
     return pd.DataFrame(
         rows,
-        columns=["artifact", "row", "column", "paper_value", "reproduced_value", "difference", "data_source"],
+        columns=[
+            "artifact",
+            "row",
+            "column",
+            "paper_value",
+            "reproduced_value",
+            "difference",
+            "data_source",
+        ],
     )
 
 

@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-__all__ = ["SPLIT_NAMES", "grouped_split", "groups_of", "make_split", "stratified_folds", "write_split"]
+__all__ = [
+    "SPLIT_NAMES",
+    "grouped_split",
+    "groups_of",
+    "make_split",
+    "stratified_folds",
+    "write_split",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +31,13 @@ def groups_of(manifest: pd.DataFrame, column: str) -> pd.Series:
     return groups.fillna("image:" + manifest["image_id"].astype(str))
 
 
-def _take_fold(
-    y: np.ndarray, groups: np.ndarray, fraction: float, seed: int
-) -> np.ndarray:
+def _take_fold(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of about ``fraction`` of the rows, stratified on ``y``, whole groups only."""
     n_groups = len(np.unique(groups))
     if n_groups < 2:
-        raise ValueError(f"cannot split {len(y)} images in {n_groups} group(s); need at least 2 groups")
+        raise ValueError(
+            f"cannot split {len(y)} images in {n_groups} group(s); need at least 2 groups"
+        )
     # Few groups (tiny data): fewer, larger folds rather than a failure.
     n_splits = min(max(2, round(1.0 / fraction)), n_groups)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
