@@ -1,0 +1,23 @@
+"""Rule compute_effnet_ham_gradcam: Grad-CAM of every test image and its share outside the lesion."""
+
+from melrepro.effnet_ham import compute_gradcam
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+compute_gradcam(
+    snakemake.input.model,
+    snakemake.input.predictions,
+    snakemake.input.manifest,
+    snakemake.input.split,
+    list(snakemake.input.cache),
+    snakemake.output.maps,
+    snakemake.output.table,
+    recipe=snakemake.params.recipe,
+    overrides=snakemake.params.overrides,
+    malignant_labels=snakemake.params.malignant_labels,
+    truth_dir=snakemake.params.truth_dir,
+    region=snakemake.params.region,
+    border_width=snakemake.params.border_width,
+    n_examples=snakemake.params.n_examples,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,23 @@
+"""Rule train_effnet_ham: train one table01 variant, pick the Youden threshold, evaluate on test."""
+
+from melrepro.effnet_ham import train_variant
+from melrepro.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+train_variant(
+    snakemake.input.manifest,
+    snakemake.input.split,
+    list(snakemake.input.cache),
+    variant=snakemake.wildcards.variant,
+    recipe=snakemake.params.recipe,
+    overrides=snakemake.params.overrides,
+    malignant_labels=snakemake.params.malignant_labels,
+    checkpoint_dir=snakemake.params.checkpoint_dir,
+    model_path=snakemake.output.model,
+    history_path=snakemake.output.history,
+    predictions_path=snakemake.output.predictions,
+    metrics_path=snakemake.output.metrics,
+    run_info=snakemake.params.run_info,
+    threads=snakemake.threads,
+    num_workers=snakemake.params.loader_workers,
+)

@@ -1,0 +1,265 @@
+# effnet_ham (paper 003): EfficientNet-B0, malignant vs benign on ISIC 2018 task 3 (HAM10000).
+# Each table01 row is a {variant} of one recipe (config effnet_ham.recipe + variants.<v>.overrides).
+
+import math
+import os
+
+EFFNET_HAM = config.get("effnet_ham", {})
+EFFNET_HAM_VARIANTS = list(EFFNET_HAM.get("variants", {}))
+EFFNET_HAM_FIG = EFFNET_HAM.get("figures_variant", "baseline2")
+EFFNET_HAM_DIR = "results/effnet_ham"
+EFFNET_HAM_SPLIT = split_file("isic2018_task3", "lesion_70_15_15")
+EFFNET_HAM_TRUTH = "resources/archives/isic2018_task3/synthetic_truth"
+
+ARTIFACTS["effnet_ham"] = (
+    [
+        f"{EFFNET_HAM_DIR}/tables/table01.csv",
+        *[
+            f"{EFFNET_HAM_DIR}/figures/{fig}.png"
+            for fig in ("fig01", "fig02", "fig03", "fig04", "fig05", "fig06")
+        ],
+    ]
+    if EFFNET_HAM
+    else []
+)
+
+
+def effnet_ham_overrides(variant):
+    return EFFNET_HAM["variants"][variant].get("overrides", {})
+
+
+def effnet_ham_cache(wildcards):
+    """Cache shards at the resolution whose centre crop is the variant's image size."""
+    recipe = {**EFFNET_HAM["recipe"], **effnet_ham_overrides(wildcards.variant)}
+    side = math.ceil(recipe["image_size"] * EFFNET_HAM["aspect_ratio"])
+    return cache_shards("isic2018_task3", f"max{side}")
+
+
+def effnet_ham_truth():
+    """The synthetic twin's truth (lesion masks for fig06); nothing on real data."""
+    return [f"{EFFNET_HAM_TRUTH}/truth.csv"] if SOURCE == "synthetic" else []
+
+
+if EFFNET_HAM:
+
+    rule train_effnet_ham:
+        input:
+            manifest=manifest("isic2018_task3"),
+            split=EFFNET_HAM_SPLIT,
+            cache=effnet_ham_cache,
+        output:
+            model=f"{EFFNET_HAM_DIR}/models/{{variant}}/model.pt",
+            history=f"{EFFNET_HAM_DIR}/models/{{variant}}/history.csv",
+            predictions=f"{EFFNET_HAM_DIR}/models/{{variant}}/predictions.parquet",
+            metrics=f"{EFFNET_HAM_DIR}/models/{{variant}}/metrics.json",
+            run_info=f"{EFFNET_HAM_DIR}/models/{{variant}}/run_info.json",
+        log:
+            "logs/train_effnet_ham/{variant}.log",
+        benchmark:
+            "benchmarks/results/train_effnet_ham/{variant}.tsv"
+        wildcard_constraints:
+            variant="|".join(EFFNET_HAM_VARIANTS),
+        conda:
+            "../../envs/torch.yaml"
+        threads: EFFNET_HAM["threads"]
+        resources:
+            mem_mb=EFFNET_HAM["mem_mb"],
+            runtime=EFFNET_HAM["runtime"],
+            gpu=1,
+        params:
+            recipe=EFFNET_HAM["recipe"],
+            overrides=lambda wc: effnet_ham_overrides(wc.variant),
+            malignant_labels=EFFNET_HAM["malignant_labels"],
+            # Not an output: Snakemake must not delete checkpoints when a job is killed.
+            checkpoint_dir=lambda wc: f"{EFFNET_HAM_DIR}/checkpoints/{wc.variant}",
+            loader_workers=EFFNET_HAM["loader_workers"],
+            run_info=run_info_params(),
+        script:
+            "../../scripts/train_effnet_ham.py"
+
+    rule tabulate_effnet_ham:
+        input:
+            metrics=expand(
+                f"{EFFNET_HAM_DIR}/models/{{variant}}/metrics.json",
+                variant=EFFNET_HAM_VARIANTS,
+            ),
+        output:
+            table=report(
+                f"{EFFNET_HAM_DIR}/tables/table01.csv",
+                caption="../report/effnet_ham_table01.rst",
+                category="effnet_ham",
+            ),
+            markdown=f"{EFFNET_HAM_DIR}/tables/table01.md",
+            run_info=f"{EFFNET_HAM_DIR}/tables/run_info.json",
+        log:
+            "logs/tabulate_effnet_ham/table01.log",
+        benchmark:
+            "benchmarks/results/tabulate_effnet_ham/table01.tsv"
+        conda:
+            "../../envs/report.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        params:
+            labels=[EFFNET_HAM["variants"][v]["label"] for v in EFFNET_HAM_VARIANTS],
+            run_info=run_info_params(),
+        script:
+            "../../scripts/tabulate_effnet_ham.py"
+
+    rule plot_effnet_ham_class_distribution:
+        input:
+            manifest=manifest("isic2018_task3"),
+            split=EFFNET_HAM_SPLIT,
+        output:
+            figure=report(
+                f"{EFFNET_HAM_DIR}/figures/fig01.png",
+                caption="../report/effnet_ham_fig01.rst",
+                category="effnet_ham",
+            ),
+            pdf=f"{EFFNET_HAM_DIR}/figures/fig01.pdf",
+        log:
+            "logs/plot_effnet_ham_class_distribution/fig01.log",
+        benchmark:
+            "benchmarks/results/plot_effnet_ham_class_distribution/fig01.tsv"
+        conda:
+            "../../envs/report.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        params:
+            malignant_labels=EFFNET_HAM["malignant_labels"],
+        script:
+            "../../scripts/plot_effnet_ham_class_distribution.py"
+
+    rule plot_effnet_ham_loss:
+        input:
+            history=f"{EFFNET_HAM_DIR}/models/{EFFNET_HAM_FIG}/history.csv",
+        output:
+            figure=report(
+                f"{EFFNET_HAM_DIR}/figures/fig02.png",
+                caption="../report/effnet_ham_fig02.rst",
+                category="effnet_ham",
+            ),
+            pdf=f"{EFFNET_HAM_DIR}/figures/fig02.pdf",
+        log:
+            "logs/plot_effnet_ham_loss/fig02.log",
+        benchmark:
+            "benchmarks/results/plot_effnet_ham_loss/fig02.tsv"
+        conda:
+            "../../envs/report.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        script:
+            "../../scripts/plot_effnet_ham_loss.py"
+
+    rule plot_effnet_ham_confusion:
+        input:
+            predictions=f"{EFFNET_HAM_DIR}/models/{EFFNET_HAM_FIG}/predictions.parquet",
+        output:
+            figure=report(
+                f"{EFFNET_HAM_DIR}/figures/fig03.png",
+                caption="../report/effnet_ham_fig03.rst",
+                category="effnet_ham",
+            ),
+            pdf=f"{EFFNET_HAM_DIR}/figures/fig03.pdf",
+        log:
+            "logs/plot_effnet_ham_confusion/fig03.log",
+        benchmark:
+            "benchmarks/results/plot_effnet_ham_confusion/fig03.tsv"
+        conda:
+            "../../envs/report.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        script:
+            "../../scripts/plot_effnet_ham_confusion.py"
+
+    rule compute_effnet_ham_gradcam:
+        input:
+            model=f"{EFFNET_HAM_DIR}/models/{{variant}}/model.pt",
+            predictions=f"{EFFNET_HAM_DIR}/models/{{variant}}/predictions.parquet",
+            manifest=manifest("isic2018_task3"),
+            split=EFFNET_HAM_SPLIT,
+            cache=effnet_ham_cache,
+            truth=effnet_ham_truth(),
+        output:
+            maps=f"{EFFNET_HAM_DIR}/gradcam/{{variant}}/examples.npz",
+            table=f"{EFFNET_HAM_DIR}/gradcam/{{variant}}/saliency.csv",
+        log:
+            "logs/compute_effnet_ham_gradcam/{variant}.log",
+        benchmark:
+            "benchmarks/results/compute_effnet_ham_gradcam/{variant}.tsv"
+        wildcard_constraints:
+            variant="|".join(EFFNET_HAM_VARIANTS),
+        conda:
+            "../../envs/torch.yaml"
+        threads: EFFNET_HAM["threads"]
+        resources:
+            mem_mb=EFFNET_HAM["mem_mb"],
+            runtime=60,
+            gpu=1,
+        params:
+            recipe=EFFNET_HAM["recipe"],
+            overrides=lambda wc: effnet_ham_overrides(wc.variant),
+            malignant_labels=EFFNET_HAM["malignant_labels"],
+            truth_dir=lambda wc, input: (
+                os.path.dirname(input.truth[0]) if input.truth else None
+            ),
+            region=EFFNET_HAM["gradcam"]["region"],
+            border_width=EFFNET_HAM["gradcam"]["border_width"],
+            n_examples=EFFNET_HAM["gradcam"]["n_examples"],
+        script:
+            "../../scripts/compute_effnet_ham_gradcam.py"
+
+    rule plot_effnet_ham_gradcam_examples:
+        input:
+            maps=f"{EFFNET_HAM_DIR}/gradcam/{EFFNET_HAM_FIG}/examples.npz",
+            table=f"{EFFNET_HAM_DIR}/gradcam/{EFFNET_HAM_FIG}/saliency.csv",
+        output:
+            figure=report(
+                f"{EFFNET_HAM_DIR}/figures/fig05.png",
+                caption="../report/effnet_ham_fig05.rst",
+                category="effnet_ham",
+            ),
+            pdf=f"{EFFNET_HAM_DIR}/figures/fig05.pdf",
+        log:
+            "logs/plot_effnet_ham_gradcam_examples/fig05.log",
+        benchmark:
+            "benchmarks/results/plot_effnet_ham_gradcam_examples/fig05.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        script:
+            "../../scripts/plot_effnet_ham_gradcam_examples.py"
+
+    rule plot_effnet_ham_gradcam_outside:
+        input:
+            maps=f"{EFFNET_HAM_DIR}/gradcam/{EFFNET_HAM_FIG}/examples.npz",
+            table=f"{EFFNET_HAM_DIR}/gradcam/{EFFNET_HAM_FIG}/saliency.csv",
+        output:
+            figure=report(
+                f"{EFFNET_HAM_DIR}/figures/fig06.png",
+                caption="../report/effnet_ham_fig06.rst",
+                category="effnet_ham",
+            ),
+            pdf=f"{EFFNET_HAM_DIR}/figures/fig06.pdf",
+        log:
+            "logs/plot_effnet_ham_gradcam_outside/fig06.log",
+        benchmark:
+            "benchmarks/results/plot_effnet_ham_gradcam_outside/fig06.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        script:
+            "../../scripts/plot_effnet_ham_gradcam_outside.py"
