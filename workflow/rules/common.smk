@@ -1,5 +1,6 @@
 # Shared by the other .smk files. Config validation, dataset and paper tables, paths, input functions.
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -176,3 +177,22 @@ def get_final_output():
             targets.append(f"results/scorecard/{paper}.csv")
     targets.append("results/scorecard/summary.md")
     return targets
+
+
+# ---- effnet_ham input functions (EFFNET_HAM and EFFNET_HAM_TRUTH come from effnet_ham.smk) ----
+
+
+def effnet_ham_overrides(variant):
+    return EFFNET_HAM["variants"][variant].get("overrides", {})
+
+
+def effnet_ham_cache(wildcards):
+    """Cache shards at the resolution whose centre crop is the variant's image size."""
+    recipe = {**EFFNET_HAM["recipe"], **effnet_ham_overrides(wildcards.variant)}
+    side = math.ceil(recipe["image_size"] * EFFNET_HAM["aspect_ratio"])
+    return cache_shards("isic2018_task3", f"max{side}")
+
+
+def effnet_ham_truth():
+    """The synthetic twin's truth (lesion masks for fig06); nothing on real data."""
+    return [f"{EFFNET_HAM_TRUTH}/truth.csv"] if SOURCE == "synthetic" else []

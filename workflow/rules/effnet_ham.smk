@@ -1,7 +1,6 @@
 # effnet_ham (paper 003): EfficientNet-B0, malignant vs benign on ISIC 2018 task 3 (HAM10000).
 # Each table01 row is a {variant} of one recipe (config effnet_ham.recipe + variants.<v>.overrides).
 
-import math
 import os
 
 EFFNET_HAM = config.get("effnet_ham", {})
@@ -24,20 +23,7 @@ ARTIFACTS["effnet_ham"] = (
 )
 
 
-def effnet_ham_overrides(variant):
-    return EFFNET_HAM["variants"][variant].get("overrides", {})
-
-
-def effnet_ham_cache(wildcards):
-    """Cache shards at the resolution whose centre crop is the variant's image size."""
-    recipe = {**EFFNET_HAM["recipe"], **effnet_ham_overrides(wildcards.variant)}
-    side = math.ceil(recipe["image_size"] * EFFNET_HAM["aspect_ratio"])
-    return cache_shards("isic2018_task3", f"max{side}")
-
-
-def effnet_ham_truth():
-    """The synthetic twin's truth (lesion masks for fig06); nothing on real data."""
-    return [f"{EFFNET_HAM_TRUTH}/truth.csv"] if SOURCE == "synthetic" else []
+# Input functions (effnet_ham_overrides, effnet_ham_cache, effnet_ham_truth) live in common.smk.
 
 
 if EFFNET_HAM:
