@@ -44,7 +44,7 @@ def test_score_paper_compares_own_values(tmp_path):
     assert card.loc[0, "reproduced_value"] == pytest.approx(0.95)
     assert card.loc[0, "difference"] == pytest.approx(0.05)
     assert pd.isna(card.loc[1, "reproduced_value"])
-    assert "| p | 2 | 1 |" in summarize({"p": card})
+    assert "| p | 2 | 1 | 0.05 | 5.6% |" in summarize({"p": card})
 
 
 def test_lookup_single_index_column():

@@ -106,14 +106,21 @@ def summarize(scorecards: dict[str, pd.DataFrame]) -> str:
     lines = [
         "# Scorecard",
         "",
-        "| paper | numbers reported | reproduced | mean abs. difference | data |",
-        "|---|---|---|---|---|",
+        "| paper | numbers reported | reproduced | median abs. difference | median relative difference | data |",
+        "|---|---|---|---|---|---|",
     ]
     for paper, card in scorecards.items():
         found = card["reproduced_value"].notna()
-        mean = card.loc[found, "difference"].abs().mean() if found.any() else float("nan")
+        difference = card.loc[found, "difference"].abs()
+        # Tables mix counts and rates: the relative difference compares them on one scale.
+        relative = difference / card.loc[found, "paper_value"].abs().where(lambda v: v > 0)
+        median = difference.median() if found.any() else float("nan")
+        median_relative = relative.median() if relative.notna().any() else float("nan")
         source = ", ".join(sorted(set(card["data_source"]))) or "-"
-        lines.append(f"| {paper} | {len(card)} | {int(found.sum())} | {mean:.4g} | {source} |")
+        lines.append(
+            f"| {paper} | {len(card)} | {int(found.sum())} | {median:.4g} | "
+            f"{median_relative:.1%} | {source} |"
+        )
     lines += [
         "",
         "Differences on `synthetic` data only show that the pipeline runs end to end; they say",

@@ -176,6 +176,9 @@ def get_final_output():
         if ARTIFACTS.get(paper):
             targets.append(f"results/scorecard/{paper}.csv")
     targets.append("results/scorecard/summary.md")
+    targets += [f"{folder}/run_info.json" for folder in SHARED_OUTPUT_FOLDERS]
+    if "effnet_ham" not in active_papers():
+        targets.remove("results/effnet_ham/figures/run_info.json")
     return targets
 
 

@@ -86,3 +86,39 @@ for _paper, _figure in RULEGRAPH_FIGURES.items():
             configfiles=workflow.configfiles,
         script:
             "../../scripts/draw_rulegraph.py"
+
+
+# Folders that several rules write into get their run_info.json from this rule (the others are
+# written by the rule that owns the folder).
+SHARED_OUTPUT_FOLDERS = {
+    "results/data/tables": "data",
+    "results/data/figures": "data",
+    "results/scorecard": None,
+    "results/effnet_ham/figures": "effnet_ham",
+}
+
+
+rule write_folder_run_info:
+    output:
+        run_info="{folder}/run_info.json",
+    log:
+        "logs/write_folder_run_info/{folder}.log",
+    benchmark:
+        "benchmarks/results/write_folder_run_info/{folder}.tsv"
+    wildcard_constraints:
+        folder="|".join(SHARED_OUTPUT_FOLDERS),
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        run_info=run_info_params(),
+        config=lambda wc: sorted_params(
+            config.get(SHARED_OUTPUT_FOLDERS[wc.folder], config["data"])
+            if SHARED_OUTPUT_FOLDERS[wc.folder]
+            else {p: config[p] for p in active_papers()}
+        ),
+    script:
+        "../../scripts/write_folder_run_info.py"
