@@ -86,3 +86,24 @@ def test_cached_pixels_are_the_resized_archive_image(isic2017_manifest, tmp_path
                 original.resize((64, 64), Image.Resampling.BILINEAR), dtype=float
             )
             assert np.abs(cached[record.image_id].image - reference).mean() < 3.0
+
+
+def test_task2_attribute_masks_are_cached_with_the_image(tiny_archives, tmp_path):
+    """Check the five attribute masks come back per image, 0/1, at the image's cached size."""
+    root = tiny_archives / "isic2018_task2"
+    manifest, _, _ = build_manifest(
+        index_dataset(root, "isic2018_task2"), check_images(root, "isic2018_task2", 0, n_shards=1)
+    )
+    cached = load_shard(cache_images(manifest, root, 0, "max96", tmp_path / "t2.npz"))
+    names = {"globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks"}
+    kept = 0
+    for record in manifest.itertuples():
+        item = cached[record.image_id]
+        assert set(item.attributes) == names
+        for name, mask in item.attributes.items():
+            assert mask.shape == item.image.shape[:2]
+            nonempty = getattr(record, f"attr_{name}_nonempty")
+            # Downscaling may drop a 1-px dot, never invent one.
+            assert nonempty or not mask.any()
+            kept += bool(mask.any())
+    assert kept > 0

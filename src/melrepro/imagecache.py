@@ -139,19 +139,19 @@ def cache_images(
 
 def load_shard(path: str | Path) -> dict[str, CachedImage]:
     """Read one cache shard: ``{image_id: CachedImage}``."""
-    images: dict[str, CachedImage] = {}
     with np.load(path) as data:
-        for key in data.files:
-            kind, image_id = key.split("__", 1)
-            if kind == "image":
-                images.setdefault(image_id, CachedImage(image=data[key])).image = data[key]
-    with np.load(path) as data:
-        for key in data.files:
-            kind, image_id = key.split("__", 1)
-            if kind == "mask":
-                images[image_id].mask = data[key]
-            elif kind.startswith("attr_"):
-                images[image_id].attributes[kind.removeprefix("attr_")] = data[key]
+        arrays = {key: data[key] for key in data.files}
+    images = {
+        key.split("__", 1)[1]: CachedImage(image=array)
+        for key, array in arrays.items()
+        if key.startswith("image__")
+    }
+    for key, array in arrays.items():
+        kind, image_id = key.split("__", 1)
+        if kind == "mask":
+            images[image_id].mask = array
+        elif kind.startswith("attr_"):
+            images[image_id].attributes[kind.removeprefix("attr_")] = array
     return images
 
 
