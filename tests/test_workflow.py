@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from conftest import tiny_spec
 
@@ -168,7 +167,6 @@ EXPECTED_ARTIFACTS = {
 }
 
 
-@pytest.mark.slow
 def test_full_default_run_builds_every_artifact(tmp_path):
     """Check `snakemake` on the embedded default builds every artifact id, the scorecard and the report."""
     workdir = _copy_workflow(tmp_path)
