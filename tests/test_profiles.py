@@ -44,3 +44,23 @@ def test_default_profile_does_not_cap_gpus():
     """Check the local profile leaves `gpu` unset, so `--resources gpu=N` decides (and CPU runs proceed)."""
     profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
     assert "resources" not in profile
+
+
+def test_slurm_profile_loads_in_the_executor_plugin():
+    """Check `snakemake -n --profile profiles/slurm` accepts the profile (plugin installed, keys valid)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--profile",
+            "profiles/slurm",
+            "--quiet",
+            "rules",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
