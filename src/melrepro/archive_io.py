@@ -8,11 +8,12 @@ import logging
 import zipfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from melrepro.layouts import CsvSpec
 
-__all__ = ["ArchiveFolder", "IngestError", "read_checked_csv", "split_uri"]
+__all__ = ["ArchiveFolder", "IngestError", "at_row", "first_row", "read_checked_csv", "split_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,18 @@ URI_SEPARATOR = "::"
 
 class IngestError(ValueError):
     """Bad input in an archive: the message names the file (and row/column) and what was expected."""
+
+
+def first_row(mask) -> int:
+    """Position of the first true value of a boolean Series or array (missing counts as false)."""
+    values = pd.Series(mask, dtype="boolean").fillna(False).to_numpy(dtype=bool)
+    return int(np.flatnonzero(values)[0])
+
+
+def at_row(where: str, position: int, column: str | None = None) -> str:
+    """``"<file>, row R (line L)[, column 'c']"``: R counts data rows, L file lines (header = 1)."""
+    text = f"{where}, row {position + 1} (line {position + 2})"
+    return text if column is None else f"{text}, column {column!r}"
 
 
 def split_uri(uri: str) -> tuple[str, str | None]:
@@ -132,20 +145,18 @@ def _parse_column(values: pd.Series, kind: str, where: str, column: str) -> pd.S
     parsed = pd.to_numeric(values.where(~blank), errors="coerce")
     bad = parsed.isna() & ~(blank & nullable)
     if bad.any():
-        position = int(bad.to_numpy().nonzero()[0][0])
+        position = first_row(bad)
         expected = {"float": "a number", "int": "an integer"}[kind]
         if nullable:
             expected += " or empty"
         raise IngestError(
-            f"{where}, row {position + 1} (line {position + 2}), column {column!r}: "
-            f"{values.iloc[position]!r} is not {expected}"
+            f"{at_row(where, position, column)}: {values.iloc[position]!r} is not {expected}"
         )
     if kind == "int":
         if ((parsed.dropna() % 1) != 0).any():
-            position = int(((parsed % 1) != 0).to_numpy().nonzero()[0][0])
+            position = first_row((parsed % 1) != 0)
             raise IngestError(
-                f"{where}, row {position + 1} (line {position + 2}), column {column!r}: "
-                f"{values.iloc[position]!r} is not an integer"
+                f"{at_row(where, position, column)}: {values.iloc[position]!r} is not an integer"
             )
         return parsed.astype("Int64")
     return parsed.astype("Float64")
@@ -189,17 +200,16 @@ def read_checked_csv(archive: ArchiveFolder, spec: CsvSpec) -> pd.DataFrame | No
     ids = frame[spec.id_column]
     duplicated = ids.duplicated()
     if duplicated.any():
-        position = int(duplicated.to_numpy().nonzero()[0][0])
+        position = first_row(duplicated)
         raise IngestError(
-            f"{where}, row {position + 1} (line {position + 2}), column {spec.id_column!r}: "
+            f"{at_row(where, position, spec.id_column)}: "
             f"duplicate id {ids.iloc[position]!r}; expected one row per image"
         )
     empty = ids.str.strip() == ""
     if empty.any():
-        position = int(empty.to_numpy().nonzero()[0][0])
+        position = first_row(empty)
         raise IngestError(
-            f"{where}, row {position + 1} (line {position + 2}), column {spec.id_column!r}: "
-            "empty id; expected an image name"
+            f"{at_row(where, position, spec.id_column)}: empty id; expected an image name"
         )
     for column, kind in spec.dtypes.items():
         if column in frame.columns:

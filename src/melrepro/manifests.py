@@ -25,7 +25,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from melrepro.archive_io import URI_SEPARATOR, ArchiveFolder, IngestError, read_checked_csv
+from melrepro.archive_io import (
+    URI_SEPARATOR,
+    ArchiveFolder,
+    IngestError,
+    at_row,
+    first_row,
+    read_checked_csv,
+)
 from melrepro.layouts import ATTRIBUTES, DatasetLayout, ImageSet, layout
 
 __all__ = [
@@ -131,7 +138,7 @@ def _match_labels(
     for position, image_id in enumerate(ids):
         if image_id not in known:
             raise IngestError(
-                f"{where}, row {position + 1} (line {position + 2}): label row for "
+                f"{at_row(where, position)}: label row for "
                 f"{image_id!r} has no image in {archive.path(image_set.image_zip)}"
             )
     unlabelled = sorted(known - set(ids))
@@ -149,7 +156,7 @@ def _one_hot_label(frame: pd.DataFrame, columns: tuple[str, ...], where: str) ->
     if len(bad):
         row = int(bad[0])
         raise IngestError(
-            f"{where}, row {row + 1} (line {row + 2}): expected exactly one of "
+            f"{at_row(where, row)}: expected exactly one of "
             f"{list(columns)} to be 1.0, found {values[row].tolist()}"
         )
     return pd.Series(np.asarray(columns)[values.argmax(axis=1)], index=frame.index)
@@ -180,16 +187,16 @@ def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
         for column in ("melanoma", "seborrheic_keratosis"):
             bad = ~labels[column].isin([0.0, 1.0])
             if bad.any():
-                row = int(bad.to_numpy().nonzero()[0][0])
+                row = first_row(bad)
                 raise IngestError(
-                    f"{where}, row {row + 1} (line {row + 2}), column {column!r}: "
+                    f"{at_row(where, row, column)}: "
                     f"{labels[column].iloc[row]!r}; expected 0.0 or 1.0"
                 )
         both = (labels["melanoma"] == 1.0) & (labels["seborrheic_keratosis"] == 1.0)
         if both.any():
-            row = int(both.to_numpy().nonzero()[0][0])
+            row = first_row(both)
             raise IngestError(
-                f"{where}, row {row + 1} (line {row + 2}): melanoma and seborrheic_keratosis "
+                f"{at_row(where, row)}: melanoma and seborrheic_keratosis "
                 "are both 1.0; expected at most one"
             )
         frame = pd.DataFrame({"image_id": labels["image_id"]})
@@ -232,10 +239,10 @@ def _index_archive_melanoma(archive: ArchiveFolder, spec: DatasetLayout) -> pd.D
             values = metadata[column].str.lower()
             odd = ~values.str.contains("melanoma|malignant", na=True) & (values != "")
             if odd.any():
-                row = int(odd.to_numpy().nonzero()[0][0])
+                row = first_row(odd)
                 raise IngestError(
-                    f"{archive.path(image_set.labels.file)}, row {row + 1} (line {row + 2}), "
-                    f"column {column!r}: {metadata[column].iloc[row]!r}; expected a melanoma"
+                    f"{at_row(archive.path(image_set.labels.file), row, column)}: "
+                    f"{metadata[column].iloc[row]!r}; expected a melanoma"
                 )
     frame["label"] = "melanoma"
     frame["target"] = 1
@@ -303,9 +310,9 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
             continue
         unknown = ~ham["image_id"].isin(frame["image_id"])
         if unknown.any():
-            row = int(unknown.to_numpy().nonzero()[0][0])
+            row = first_row(unknown)
             raise IngestError(
-                f"{archive.path(extra.file)}, row {row + 1} (line {row + 2}): metadata for "
+                f"{at_row(archive.path(extra.file), row)}: metadata for "
                 f"{ham['image_id'].iloc[row]!r}, which is in no image zip"
             )
         meta = ham.set_index("image_id")
@@ -325,10 +332,10 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
     _match_labels(archive, images, labels["image_name"], train_set.labels.file, train_set)
     bad = ~labels["target"].isin([0, 1])
     if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
+        row = first_row(bad)
         raise IngestError(
-            f"{archive.path(train_set.labels.file)}, row {row + 1} (line {row + 2}), column "
-            f"'target': {labels['target'].iloc[row]!r}; expected 0 or 1"
+            f"{at_row(archive.path(train_set.labels.file), row, 'target')}: "
+            f"{labels['target'].iloc[row]!r}; expected 0 or 1"
         )
     train = pd.DataFrame({"image_id": labels["image_name"]})
     train["official_split"] = "train"
@@ -361,10 +368,10 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
     for column in ("image_name_1", "image_name_2"):
         unknown = ~duplicates[column].isin(known)
         if unknown.any():
-            row = int(unknown.to_numpy().nonzero()[0][0])
+            row = first_row(unknown)
             raise IngestError(
-                f"{archive.path(spec.extra_csvs[0].file)}, row {row + 1} (line {row + 2}), "
-                f"column {column!r}: {duplicates[column].iloc[row]!r} is not a training image"
+                f"{at_row(archive.path(spec.extra_csvs[0].file), row, column)}: "
+                f"{duplicates[column].iloc[row]!r} is not a training image"
             )
     frame["duplicate_of"] = frame["image_id"].map(
         duplicates.set_index("image_name_2")["image_name_1"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from melrepro.archive_io import at_row, first_row
 from melrepro.tables import ROW_SEPARATOR
 
 __all__ = ["PAPER_VALUE_COLUMNS", "lookup", "read_paper_values", "score_paper", "summarize"]
@@ -32,9 +33,9 @@ def read_paper_values(path: str | Path) -> pd.DataFrame:
         )
     bad = ~values["kind"].isin(["own", "cited"])
     if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
+        row = first_row(bad)
         raise ValueError(
-            f"{path}, row {row + 1} (line {row + 2}), column 'kind': "
+            f"{at_row(str(path), row, 'kind')}: "
             f"{values['kind'].iloc[row]!r}; expected 'own' or 'cited'"
         )
     return values
