@@ -20,10 +20,10 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from melrepro.archive_io import ArchiveFolder
-from melrepro.imagecache import cache_images
-from melrepro.manifests import build_manifest, check_images, index_dataset
-from melrepro.synthetic import write_synthetic_archive
+from melrepro.data.archive_io import ArchiveFolder
+from melrepro.data.imagecache import cache_images
+from melrepro.data.manifests import build_manifest, check_images, index_dataset
+from melrepro.data.synthetic import write_synthetic_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 

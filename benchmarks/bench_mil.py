@@ -3,15 +3,15 @@
 Run: ``.venv/bin/python benchmarks/bench_mil.py [--threads 1] [--quick]``
 
 1. Peak memory of reading every 224-px block of a 6688×4439 image (the largest ISIC 2017 size)
-   through :func:`melrepro.mil.block_batches`, against the image itself and against the naive
+   through :func:`melrepro.methods.mil.block_batches`, against the image itself and against the naive
    way (every block copied at once).
-2. Backbone throughput (blocks/s) of :class:`melrepro.mil.BlockEncoder` at the default working
+2. Backbone throughput (blocks/s) of :class:`melrepro.methods.mil.BlockEncoder` at the default working
    block size (32 px) and at the paper's 224 px, against a bare torchvision ResNet18 on a ready
    float tensor (ratio ~1 means block extraction and normalisation cost nothing).
 3. Eq. 1 adjacency with a k-d tree against the dense distance matrix, on the stride-50 grid of
    the same image (the largest bag the rule can produce).
 4. One GCN layer (forward + backward) on an Eq. 1 bag graph: the CSR sparse-matmul path that
-   :class:`melrepro.mil.GCNMIL` uses against GCNConv's default scatter over ``edge_index``.
+   :class:`melrepro.methods.mil.GCNMIL` uses against GCNConv's default scatter over ``edge_index``.
 5. The default run's wall time per rule, from Snakemake's benchmark files when present.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torchvision
 
-from melrepro import mil
+from melrepro.methods import mil
 
 
 def _peak(fn) -> tuple[int, object]:

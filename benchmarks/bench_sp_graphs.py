@@ -26,15 +26,15 @@ from scipy.spatial.distance import pdist
 from skimage import data, segmentation, transform
 from threadpoolctl import threadpool_limits
 
-from melrepro.graph_features import local_efficiency, vertex_features
-from melrepro.graph_weights import (
+from melrepro.methods.graph_features import local_efficiency, vertex_features
+from melrepro.methods.graph_weights import (
     gaussian_weights,
     learn_weights_mm,
     mm_objective,
     prune_weakest,
     standardize_signals,
 )
-from melrepro.sp_graphs import ExtractionSettings, extract_features_shard, image_features
+from melrepro.papers.sp_graphs import ExtractionSettings, extract_features_shard, image_features
 
 
 def _best(fn, repeat: int = 3) -> float:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from melrepro.synthetic import DEFAULT_SPEC, write_synthetic_archive
+from melrepro.data.synthetic import DEFAULT_SPEC, write_synthetic_archive
 
 
 def main() -> None:

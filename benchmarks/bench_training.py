@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from melrepro import training
-from melrepro.transforms import train_transform
+from melrepro.methods import training
+from melrepro.methods.transforms import train_transform
 
 
 def _rates(fns: dict, n_images: int, repeat: int) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Rule cache_images: one shard of one dataset at one working resolution."""
 
-from melrepro.imagecache import cache_images
-from melrepro.logs import log_to_file
+from melrepro.data.imagecache import cache_images
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 cache_images(

@@ -1,7 +1,7 @@
 """Rule check_images: decode every image of one shard once and check its masks."""
 
-from melrepro.logs import log_to_file
-from melrepro.manifests import write_check_shard
+from melrepro.data.manifests import write_check_shard
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 write_check_shard(

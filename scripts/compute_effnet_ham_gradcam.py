@@ -1,7 +1,7 @@
 """Rule compute_effnet_ham_gradcam: Grad-CAM of every test image and its share outside the lesion."""
 
-from melrepro.effnet_ham import compute_gradcam
-from melrepro.logs import log_to_file
+from melrepro.papers.effnet_ham import compute_gradcam
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 compute_gradcam(

@@ -1,7 +1,7 @@
 """Rule cross_validate_sp_graphs: stratified k-fold CV of the seven classifiers for one table."""
 
-from melrepro.logs import log_to_file
-from melrepro.sp_graphs import cross_validate_table
+from melrepro.papers.sp_graphs import cross_validate_table
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 cross_validate_table(

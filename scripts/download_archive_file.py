@@ -1,7 +1,7 @@
 """Rule download_archive_file: download one official file and check it against the lock."""
 
-from melrepro.download import download_archive_file
-from melrepro.logs import log_to_file
+from melrepro.data.download import download_archive_file
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 download_archive_file(

@@ -1,7 +1,7 @@
 """Rule download_archive_melanomas: the extra archive melanomas, via isic-cli, checked."""
 
-from melrepro.download import download_archive_melanomas
-from melrepro.logs import log_to_file
+from melrepro.data.download import download_archive_melanomas
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 download_archive_melanomas(

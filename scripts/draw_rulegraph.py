@@ -1,7 +1,7 @@
 """Rule draw_rulegraph_<paper>: the workflow's rule graph for one paper's artifacts, as a figure."""
 
-from melrepro.logs import log_to_file
-from melrepro.rulegraph import draw_rulegraph, parse_rulegraph, rulegraph_dot
+from melrepro.report.logs import log_to_file
+from melrepro.report.rulegraph import draw_rulegraph, parse_rulegraph, rulegraph_dot
 
 log_to_file(snakemake.log[0])
 dot = rulegraph_dot(

@@ -1,7 +1,7 @@
 """Rule evaluate_gcn_mil: test metrics and Eq. 3 segmentation (eta chosen on training) of one run."""
 
-from melrepro.gcn_mil import evaluate_gcn_mil
-from melrepro.logs import log_to_file
+from melrepro.papers.gcn_mil import evaluate_gcn_mil
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 evaluate_gcn_mil(

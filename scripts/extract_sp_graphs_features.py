@@ -1,7 +1,7 @@
 """Rule extract_sp_graphs_features: every feature block of the images of one cache shard."""
 
-from melrepro.logs import log_to_file
-from melrepro.sp_graphs import extract_features_shard
+from melrepro.papers.sp_graphs import extract_features_shard
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 extract_features_shard(

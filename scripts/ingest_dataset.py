@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from melrepro.logs import log_to_file
-from melrepro.manifests import ingest_dataset, manifest_metadata
-from melrepro.runinfo import write_run_info
+from melrepro.data.manifests import ingest_dataset, manifest_metadata
+from melrepro.report.logs import log_to_file
+from melrepro.report.runinfo import write_run_info
 
 log_to_file(snakemake.log[0])
 ingest_dataset(

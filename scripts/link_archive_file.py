@@ -1,7 +1,7 @@
 """Rule link_archive_file: link one official file from data.archive_dir and check it."""
 
-from melrepro.download import link_archive_file
-from melrepro.logs import log_to_file
+from melrepro.data.download import link_archive_file
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 link_archive_file(

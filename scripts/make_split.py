@@ -1,7 +1,7 @@
 """Rule make_split: one named split of one dataset, as data."""
 
-from melrepro.logs import log_to_file
-from melrepro.splits import write_split
+from melrepro.data.splits import write_split
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 name = snakemake.wildcards.split_name

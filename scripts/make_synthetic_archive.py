@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from melrepro.logs import log_to_file
-from melrepro.synthetic import write_synthetic_archive
+from melrepro.data.synthetic import write_synthetic_archive
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 write_synthetic_archive(

@@ -1,7 +1,7 @@
 """Rule plot_effnet_ham_class_distribution: fig01, benign/malignant counts per split."""
 
-from melrepro.effnet_ham import plot_class_distribution
-from melrepro.logs import log_to_file
+from melrepro.papers.effnet_ham import plot_class_distribution
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 plot_class_distribution(

@@ -1,7 +1,7 @@
 """Rule plot_effnet_ham_confusion: fig03, test confusion matrix at the Youden threshold."""
 
-from melrepro.effnet_ham import plot_confusion
-from melrepro.logs import log_to_file
+from melrepro.papers.effnet_ham import plot_confusion
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 plot_confusion(snakemake.input.predictions, snakemake.output.figure)

@@ -1,7 +1,7 @@
 """Rule plot_effnet_ham_gradcam_outside: fig06, Grad-CAM cases with saliency outside the lesion."""
 
-from melrepro.effnet_ham import plot_gradcam_outside
-from melrepro.logs import log_to_file
+from melrepro.papers.effnet_ham import plot_gradcam_outside
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 plot_gradcam_outside(snakemake.input.maps, snakemake.input.table, snakemake.output.figure)

@@ -1,7 +1,7 @@
 """Rule plot_sp_graphs_examples: figures 1-3 (samples, one image's graphs, superpixel levels)."""
 
-from melrepro.logs import log_to_file
-from melrepro.sp_graphs import plot_examples
+from melrepro.papers.sp_graphs import plot_examples
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 plot_examples(

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from melrepro.logs import log_to_file
-from melrepro.scorecard import score_paper
+from melrepro.report.logs import log_to_file
+from melrepro.report.scorecard import score_paper
 
 log_to_file(snakemake.log[0])
 card = score_paper(

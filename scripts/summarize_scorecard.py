@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from melrepro.logs import log_to_file
-from melrepro.scorecard import summarize
+from melrepro.report.logs import log_to_file
+from melrepro.report.scorecard import summarize
 
 log_to_file(snakemake.log[0])
 cards = {Path(p).stem: pd.read_csv(p) for p in snakemake.input.scorecards}

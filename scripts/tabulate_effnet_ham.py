@@ -1,7 +1,7 @@
 """Rule tabulate_effnet_ham: table01, test metrics of every variant at the Youden threshold."""
 
-from melrepro.effnet_ham import tabulate_results
-from melrepro.logs import log_to_file
+from melrepro.papers.effnet_ham import tabulate_results
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 tabulate_results(

@@ -1,7 +1,7 @@
 """Rule tabulate_gcn_mil: Tables 1-5 of the gcn_mil paper."""
 
-from melrepro.gcn_mil import tabulate_gcn_mil
-from melrepro.logs import log_to_file
+from melrepro.papers.gcn_mil import tabulate_gcn_mil
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 tabulate_gcn_mil(

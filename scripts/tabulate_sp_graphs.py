@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from melrepro.logs import log_to_file
-from melrepro.runinfo import write_run_info
-from melrepro.sp_graphs import write_tables
+from melrepro.papers.sp_graphs import write_tables
+from melrepro.report.logs import log_to_file
+from melrepro.report.runinfo import write_run_info
 
 log_to_file(snakemake.log[0])
 outputs = dict(snakemake.output.items())

@@ -1,7 +1,7 @@
 """Rule train_effnet_ham: train one table01 variant, pick the Youden threshold, evaluate on test."""
 
-from melrepro.effnet_ham import train_variant
-from melrepro.logs import log_to_file
+from melrepro.papers.effnet_ham import train_variant
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 train_variant(

@@ -1,7 +1,7 @@
 """Rule train_gcn_mil: one GCN-MIL training run on the cached bags (resumes from its checkpoint)."""
 
-from melrepro.gcn_mil import train_gcn_mil
-from melrepro.logs import log_to_file
+from melrepro.papers.gcn_mil import train_gcn_mil
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 train_gcn_mil(

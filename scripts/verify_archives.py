@@ -1,7 +1,7 @@
 """Rule verify_archives: check every archive file of a dataset and write verified.json."""
 
-from melrepro.download import verify_archives
-from melrepro.logs import log_to_file
+from melrepro.data.download import verify_archives
+from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 verify_archives(

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from melrepro.logs import log_to_file
-from melrepro.runinfo import write_run_info
+from melrepro.report.logs import log_to_file
+from melrepro.report.runinfo import write_run_info
 
 log_to_file(snakemake.log[0])
 info = snakemake.params.run_info

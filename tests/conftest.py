@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from melrepro.layouts import DATASETS
+from melrepro.data.layouts import DATASETS
 
 #: A spec per dataset small enough for unit tests (seconds), with every class and split present.
 TINY_COUNTS = {
@@ -46,7 +46,7 @@ def tiny_spec(dataset: str) -> dict:
 @pytest.fixture(scope="session")
 def tiny_archives(tmp_path_factory) -> Path:
     """Folder with ``<dataset>/`` holding the tiny synthetic twin of every dataset (read-only!)."""
-    from melrepro.synthetic import write_synthetic_archive
+    from melrepro.data.synthetic import write_synthetic_archive
 
     root = tmp_path_factory.mktemp("archives")
     for dataset in DATASETS:

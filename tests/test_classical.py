@@ -1,12 +1,12 @@
-"""Tests of melrepro.classical: metrics, classifiers, selection, and leakage-free CV."""
+"""Tests of melrepro.methods.classical: metrics, classifiers, selection, and leakage-free CV."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from melrepro import classical
-from melrepro.classical import (
+from melrepro.methods import classical
+from melrepro.methods.classical import (
     CLASSIFIERS,
     ClassifierSettings,
     binary_metrics,

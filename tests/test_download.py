@@ -1,4 +1,4 @@
-"""Tests for melrepro.download against a local HTTP server on 127.0.0.1 (no other network)."""
+"""Tests for melrepro.data.download against a local HTTP server on 127.0.0.1 (no other network)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from melrepro import download
-from melrepro.download import (
+from melrepro.data import download
+from melrepro.data.download import (
     ChecksumMismatchError,
     DownloadError,
     download_archive_file,
@@ -31,7 +31,7 @@ from melrepro.download import (
     sha256_file,
     verify_archives,
 )
-from melrepro.layouts import DATASETS, layout
+from melrepro.data.layouts import DATASETS, layout
 
 DATASET = "isic2019"
 ZIP = "ISIC_2019_Training_Input.zip"

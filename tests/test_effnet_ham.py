@@ -1,4 +1,4 @@
-"""Tests for melrepro.effnet_ham: labels, lesion-grouped splits, and a tiny end-to-end run."""
+"""Tests for melrepro.papers.effnet_ham: labels, lesion-grouped splits, and a tiny end-to-end run."""
 
 import json
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melrepro import effnet_ham
+from melrepro.papers import effnet_ham
 
 LABELS = ["MEL", "NV", "BCC", "AKIEC", "BKL", "NV", "DF", "NV"]
 RECIPE = dict(

@@ -1,6 +1,6 @@
 """Round trip of the gcn_mil path-level steps on a tiny ISIC-2017-like set built for the test.
 
-The images are painted by the synthetic twin's own painter (:mod:`melrepro.synthetic.draw`:
+The images are painted by the synthetic twin's own painter (:mod:`melrepro.data.synthetic.draw`:
 its lesion styles per class, skin, hair, rulers, vignetting, and its exact lesion masks), but
 each lesion is placed off-centre at random, so a segmentation has to find the lesion: a
 GCN-MIL trained on image labels only must put its attention on it, and the Eq. 3
@@ -15,9 +15,10 @@ import pytest
 import torch
 from skimage.draw import disk
 
-from melrepro import gcn_mil, mil
-from melrepro.synthetic import draw
-from melrepro.synthetic.spec import DEFAULT_SPEC
+from melrepro.data.synthetic import draw
+from melrepro.data.synthetic.spec import DEFAULT_SPEC
+from melrepro.methods import mil
+from melrepro.papers import gcn_mil
 
 SIZE = (128, 192)
 BAGS = {
@@ -179,7 +180,7 @@ def test_dihedral_views_are_cached_and_drawn_once_per_epoch(dataset, caplog):
     assert {tuple(b["shape"]) for b in loaded if b["view"] == 1} == {SIZE[::-1]}
     assert all(b["view"] == 0 for b in gcn_mil.load_bags([path], angle_zero_only=True))
     train = {**TRAIN, "epochs": 1}
-    with caplog.at_level("INFO", logger="melrepro.gcn_mil"):
+    with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
         gcn_mil.train_gcn_mil(
             [path], root / "m.pt", root / "h.tsv", root / "ck", model=MODEL, train=train,
             device="cpu", threads=1,
@@ -200,7 +201,7 @@ def test_attention_segmentation_beats_centred_disc(dataset, evaluated):
     metrics, (predictions, *_rest) = evaluated[0]
     frame = dataset["frame"]
     test_ids = frame.index[frame["split"] == "test"]
-    from melrepro.imagecache import read_cache
+    from melrepro.data.imagecache import read_cache
 
     cache = read_cache(dataset["caches"])
     disc = pd.Series({i: _centred_disc_jaccard(cache[i].mask > 0) for i in test_ids})
@@ -252,13 +253,13 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
     gcn_mil.train_gcn_mil(
         features, root / "b.pt", root / "b.tsv", root / "ck2", train=short, **args
     )
-    with caplog.at_level("INFO", logger="melrepro.gcn_mil"):
+    with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
         gcn_mil.train_gcn_mil(
             features, root / "c.pt", root / "c.tsv", root / "ck2", train=full, **args
         )
     assert "resumed run 0" in caplog.text
     caplog.clear()
-    with caplog.at_level("INFO", logger="melrepro.gcn_mil"):
+    with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
         gcn_mil.train_gcn_mil(
             features,
             root / "d.pt",
@@ -277,7 +278,7 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
 
 def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tmp_path):
     tables = {f"table{i:02d}": tmp_path / f"tables/table{i:02d}.csv" for i in range(1, 6)}
-    from melrepro.tables import read_table
+    from melrepro.report.tables import read_table
 
     paper_values = "config/paper_values/gcn_mil.csv"
     gcn_mil.tabulate_gcn_mil(

@@ -1,4 +1,4 @@
-"""Tests of melrepro.graph_features against networkx and numpy (1e-9), incl. disconnected graphs."""
+"""Tests of melrepro.methods.graph_features against networkx and numpy (1e-9), incl. disconnected graphs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from melrepro.graph_features import (
+from melrepro.methods.graph_features import (
     GLOBAL_FEATURES,
     NODE_FEATURES,
     _lengths,
@@ -17,7 +17,7 @@ from melrepro.graph_features import (
     spectral_features,
     vertex_features,
 )
-from melrepro.graph_weights import prune_weakest
+from melrepro.methods.graph_weights import prune_weakest
 
 TOL = 1e-9
 

@@ -1,4 +1,4 @@
-"""Tests of melrepro.graph_weights: Gaussian kernel, MM graph learning, pruning."""
+"""Tests of melrepro.methods.graph_weights: Gaussian kernel, MM graph learning, pruning."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.spatial.distance import pdist
 
-from melrepro.graph_weights import (
+from melrepro.methods.graph_weights import (
     gaussian_weights,
     learn_weights_mm,
     mm_objective,

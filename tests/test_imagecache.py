@@ -7,8 +7,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melrepro.imagecache import cache_images, load_shard, parse_resolution, read_cache, target_size
-from melrepro.manifests import build_manifest, check_images, index_dataset
+from melrepro.data.imagecache import (
+    cache_images,
+    load_shard,
+    parse_resolution,
+    read_cache,
+    target_size,
+)
+from melrepro.data.manifests import build_manifest, check_images, index_dataset
 
 
 @pytest.mark.parametrize(
@@ -74,7 +80,7 @@ def test_cached_mask_matches_the_generator_truth(isic2017_manifest, tmp_path):
 
 def test_cached_pixels_are_the_resized_archive_image(isic2017_manifest, tmp_path):
     """Check the cache holds the archive's JPEG resized, not something else (mean abs diff < 3)."""
-    from melrepro.archive_io import ArchiveFolder
+    from melrepro.data.archive_io import ArchiveFolder
 
     root, manifest = isic2017_manifest
     path = cache_images(manifest, root, 1, "sq64", tmp_path / "s.npz")

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melrepro.archive_io import IngestError
-from melrepro.layouts import DATASETS
-from melrepro.manifests import (
+from melrepro.data.archive_io import IngestError
+from melrepro.data.layouts import DATASETS
+from melrepro.data.manifests import (
     MANIFEST_COLUMNS,
     build_manifest,
     check_images,

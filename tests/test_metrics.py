@@ -1,10 +1,10 @@
-"""Tests for melrepro.metrics: answers worked out by hand and agreement with scikit-learn."""
+"""Tests for melrepro.methods.metrics: answers worked out by hand and agreement with scikit-learn."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from melrepro import metrics
+from melrepro.methods import metrics
 
 
 def test_auroc_hand_made_scores():

@@ -1,4 +1,4 @@
-"""Known-answer tests for melrepro.mil: Eq. 4 strides, Eq. 1 adjacency, DR counts, Eq. 3 maps."""
+"""Known-answer tests for melrepro.methods.mil: Eq. 4 strides, Eq. 1 adjacency, DR counts, Eq. 3 maps."""
 
 import math
 import tracemalloc
@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import jaccard_score
 from torch_geometric.data import Batch, Data
 
-from melrepro import mil
+from melrepro.methods import mil
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from melrepro.rulegraph import draw_rulegraph, parse_rulegraph
-from melrepro.runinfo import config_hash, write_run_info
+from melrepro.report.rulegraph import draw_rulegraph, parse_rulegraph
+from melrepro.report.runinfo import config_hash, write_run_info
 
 DOT = """digraph snakemake_dag {
     graph[bgcolor=white, margin=0];

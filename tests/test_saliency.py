@@ -1,11 +1,11 @@
-"""Tests for melrepro.saliency: Grad-CAM range, size, location; Jaccard and outside share."""
+"""Tests for melrepro.methods.saliency: Grad-CAM range, size, location; Jaccard and outside share."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from melrepro import saliency, training
+from melrepro.methods import saliency, training
 
 
 class _Gate(nn.Module):

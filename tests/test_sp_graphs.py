@@ -1,4 +1,4 @@
-"""Tests of melrepro.sp_graphs: per-image feature blocks, feature sets, and a tmp_path round trip."""
+"""Tests of melrepro.papers.sp_graphs: per-image feature blocks, feature sets, and a tmp_path round trip."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melrepro.conventional_features import N_CONVENTIONAL, conventional_features
-from melrepro.scorecard import lookup
-from melrepro.sp_graphs import (
+from melrepro.methods.conventional_features import N_CONVENTIONAL, conventional_features
+from melrepro.papers.sp_graphs import (
     TABLES,
     ExtractionSettings,
     cross_validate_table,
@@ -24,6 +23,7 @@ from melrepro.sp_graphs import (
     variant_key,
     write_tables,
 )
+from melrepro.report.scorecard import lookup
 
 PAPER_VALUES = Path(__file__).parents[1] / "config" / "paper_values" / "sp_graphs.csv"
 SMALL = ExtractionSettings(seg_levels=(20, 40), shg_levels=(5, 10, 20), prune_taus=(0.5,),
@@ -182,7 +182,7 @@ def test_conventional_colour_statistics_match_scipy():
     """Check mean, std, skewness, kurtosis and percentiles against numpy/scipy.stats."""
     from scipy import stats
 
-    from melrepro.conventional_features import _channel_stats
+    from melrepro.methods.conventional_features import _channel_stats
 
     v = np.random.default_rng(4).gamma(2.0, size=(5000, 3))
     got = _channel_stats(v).reshape(3, 7)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from melrepro.splits import grouped_split, make_split, stratified_folds
+from melrepro.data.splits import grouped_split, make_split, stratified_folds
 
 
 def _manifest(n_lesions=120, seed=0):

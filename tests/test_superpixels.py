@@ -1,4 +1,4 @@
-"""Tests of melrepro.superpixels: exact region counts, hierarchy, SLIC equivalence, node signals."""
+"""Tests of melrepro.methods.superpixels: exact region counts, hierarchy, SLIC equivalence, node signals."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import data, segmentation, transform
 
-from melrepro.superpixels import (
+from melrepro.methods.superpixels import (
     COLOR_SIGNALS,
     GEOMETRIC_SIGNALS,
     TEXTURE_SIGNALS,

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from melrepro.layouts import ATTRIBUTES, DATASETS
-from melrepro.synthetic import DEFAULT_SPEC, synthetic_schema, write_synthetic_archive
-from melrepro.synthetic.draw import render, sample_lesion, sample_scene, sample_view
-from melrepro.synthetic.spec import CLASSES, resolve_spec
+from melrepro.data.layouts import ATTRIBUTES, DATASETS
+from melrepro.data.synthetic import DEFAULT_SPEC, synthetic_schema, write_synthetic_archive
+from melrepro.data.synthetic.draw import render, sample_lesion, sample_scene, sample_view
+from melrepro.data.synthetic.spec import CLASSES, resolve_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -238,7 +238,7 @@ def test_melanomas_larger_and_darker_than_nevi(task2: Path) -> None:
 
 def test_demographics_correlate_with_label(archives: dict[str, Path]) -> None:
     """Check melanoma patients are older on average than benign ones (default 2020 population)."""
-    from melrepro.synthetic.plan import plan_dataset
+    from melrepro.data.synthetic.plan import plan_dataset
 
     plans = plan_dataset("isic2020", resolve_spec("isic2020", {}), 0)
     mel = [p.age for p in plans if p.label == "melanoma"]

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from melrepro.scorecard import lookup, read_paper_values, score_paper, summarize
-from melrepro.tables import row_keys, write_table
+from melrepro.report.scorecard import lookup, read_paper_values, score_paper, summarize
+from melrepro.report.tables import row_keys, write_table
 
 
 def _table():

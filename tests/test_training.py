@@ -1,4 +1,4 @@
-"""Tests for melrepro.training: losses, sampler, mixup, learning, checkpoint/resume after a kill."""
+"""Tests for melrepro.methods.training: losses, sampler, mixup, learning, checkpoint/resume after a kill."""
 
 import subprocess
 import sys
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from melrepro import training
-from melrepro.transforms import per_image_normalize
+from melrepro.methods import training
+from melrepro.methods.transforms import per_image_normalize
 
 TINY = dict(
     backbone="resnet18",
@@ -156,8 +156,8 @@ _KILL_SCRIPT = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, {tests!r})
     from test_training import TINY, _blobs
-    from melrepro import training
-    from melrepro.transforms import train_transform
+    from melrepro.methods import training
+    from melrepro.methods.transforms import train_transform
 
     images, labels = _blobs(24)
     ds = training.ArrayDataset(images, labels, train_transform(32))
@@ -175,7 +175,7 @@ _KILL_SCRIPT = textwrap.dedent(
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     """Check a run SIGKILLed after epoch 2 and resumed ends with the weights of a straight run."""
-    from melrepro.transforms import train_transform
+    from melrepro.methods.transforms import train_transform
 
     images, labels = _blobs(24)
     opts = training.TrainOptions.from_dict({**TINY, "mixup_alpha": 0.2})
@@ -239,13 +239,20 @@ def test_early_stopping_stops_after_patience(tmp_path):
     assert (tmp_path / "best.pt").exists()
 
 
-def test_resolve_device_cuda_without_gpu_fails():
-    """Check an explicit 'cuda' request fails loudly when no GPU exists; 'auto' falls back."""
+def test_choose_device_cuda_without_gpu_fails(caplog):
+    """Check an explicit 'cuda' request fails loudly when no GPU exists; 'auto' falls back and
+    says so in the log; an unknown name is refused."""
+    from melrepro.methods.devices import choose_device
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="cuda"):
-        training.resolve_device("cuda")
-    assert training.resolve_device("auto").type == "cpu"
+        choose_device("cuda")
+    with caplog.at_level("INFO", logger="melrepro.methods.devices"):
+        assert choose_device("auto").type == "cpu"
+    assert "chose cpu" in caplog.text
+    with pytest.raises(ValueError, match="unknown device"):
+        choose_device("tpu")
 
 
 def test_predict_returns_probabilities_in_order(tmp_path):

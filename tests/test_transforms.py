@@ -1,10 +1,10 @@
-"""Tests for melrepro.transforms: crop geometry, colour constancy, normalisation, augmentation."""
+"""Tests for melrepro.methods.transforms: crop geometry, colour constancy, normalisation, augmentation."""
 
 import numpy as np
 import pytest
 import torch
 
-from melrepro import transforms
+from melrepro.methods import transforms
 
 
 def test_center_crop_square_takes_the_middle():

@@ -12,8 +12,8 @@ import pandas as pd
 import yaml
 from conftest import tiny_spec
 
-from melrepro.layouts import DATASETS
-from melrepro.synthetic import CLASSES
+from melrepro.data.layouts import DATASETS
+from melrepro.data.synthetic import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["Snakefile", "workflow", "scripts", "config", "envs", "profiles", "src"]

@@ -12,7 +12,7 @@ from snakemake.utils import validate
 # sys.path), so they also run in the per-rule conda environments, which do not install it.
 sys.path.insert(0, str(Path(workflow.main_snakefile).parent / "src"))
 
-from melrepro.layouts import DATASETS as LAYOUTS
+from melrepro.data.layouts import DATASETS as LAYOUTS
 
 validate(config, "../schemas/config.schema.yaml")
 validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
@@ -155,7 +155,7 @@ def cache_shards(dataset, res):
 
 
 def run_info_params():
-    """What every script passes to melrepro.runinfo.write_run_info."""
+    """What every script passes to melrepro.report.runinfo.write_run_info."""
     return {
         "data_source": SOURCE,
         "seed": config["seed"],

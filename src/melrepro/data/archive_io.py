@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from melrepro.layouts import CsvSpec
+from melrepro.data.layouts import CsvSpec
 
 __all__ = ["ArchiveFolder", "IngestError", "at_row", "first_row", "read_checked_csv", "split_uri"]
 

@@ -21,7 +21,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import draw
 
-from melrepro.layouts import ATTRIBUTES
+from melrepro.data.layouts import ATTRIBUTES
 
 __all__ = [
     "STYLES",

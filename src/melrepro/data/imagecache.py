@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from melrepro.archive_io import ArchiveFolder
+from melrepro.data.archive_io import ArchiveFolder
 
 __all__ = [
     "CachedImage",

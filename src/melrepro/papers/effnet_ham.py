@@ -14,6 +14,16 @@ References
 ----------
 Silva, P., Diz, P. Skin Cancer Detection Using Convolutional Neural Networks (FCUL, 2025),
 https://github.com/PedroDiz/AP-2025.
+
+Artifact index (id: function that writes it):
+
+    table01          tabulate_results (metrics of every train_variant run)
+    fig01            plot_class_distribution
+    fig02            plot_loss_curves
+    fig03            plot_confusion
+    fig04            the rule graph: melrepro.report.rulegraph via workflow/rules/report.smk
+    fig05            plot_gradcam_examples (maps of compute_gradcam)
+    fig06            plot_gradcam_outside (maps of compute_gradcam)
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from melrepro import metrics, saliency, training, transforms
+from melrepro.methods import metrics, saliency, training, transforms
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -161,7 +171,7 @@ def load_task3(
         If a lesion crosses splits, an image of the split is missing from the cache, or an
         unknown class is listed as malignant.
     """
-    from melrepro.imagecache import read_cache
+    from melrepro.data.imagecache import read_cache
 
     manifest = pd.read_parquet(manifest_path)
     split = pd.read_parquet(split_path)[["image_id", "split"]]
@@ -307,7 +317,7 @@ def train_variant(
     }
     Path(metrics_path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
 
-    from melrepro.runinfo import write_run_info
+    from melrepro.report.runinfo import write_run_info
 
     write_run_info(
         Path(metrics_path).parent,
@@ -346,7 +356,7 @@ def tabulate_results(
         ``data_source``, ``seed``...: writes ``run_info.json`` beside the table, with the
         device and weights of every variant.
     """
-    from melrepro.tables import write_table
+    from melrepro.report.tables import write_table
 
     if len(metrics_paths) != len(labels):
         raise ValueError(f"{len(metrics_paths)} metrics files for {len(labels)} labels")
@@ -362,7 +372,7 @@ def tabulate_results(
     table = pd.DataFrame(rows).set_index("Model")
     write_table(table, output, title="Table 1. Test metrics at the Youden threshold (validation)")
     if run_info is not None:
-        from melrepro.runinfo import write_run_info
+        from melrepro.report.runinfo import write_run_info
 
         infos = [json.loads(Path(p).read_text(encoding="utf-8")) for p in metrics_paths]
         write_run_info(
@@ -387,7 +397,7 @@ def plot_class_distribution(
     malignant_labels: Sequence[str] = ("MEL", "BCC", "AKIEC"),
 ) -> pd.DataFrame:
     """fig01: benign and malignant counts in train / validation / test (with percentages)."""
-    from melrepro.figures import new_figure, save_figure
+    from melrepro.report.figures import new_figure, save_figure
 
     manifest = pd.read_parquet(manifest_path)
     split = pd.read_parquet(split_path)[["image_id", "split"]]
@@ -428,7 +438,7 @@ def plot_class_distribution(
 
 def plot_loss_curves(history_path: str | Path, output: str | Path) -> None:
     """fig02: training and validation loss per epoch (frozen warm-up epochs shaded)."""
-    from melrepro.figures import new_figure, save_figure
+    from melrepro.report.figures import new_figure, save_figure
 
     hist = pd.read_csv(history_path)
     fig, ax = new_figure(figsize=(6, 4))
@@ -448,7 +458,7 @@ def plot_confusion(predictions_path: str | Path, output: str | Path) -> np.ndarr
     """fig03: test confusion matrix at the Youden threshold chosen on validation."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from melrepro.figures import new_figure, save_figure
+    from melrepro.report.figures import new_figure, save_figure
 
     preds = pd.read_parquet(predictions_path)
     test = preds[preds["split"] == "test"]
@@ -613,7 +623,7 @@ def plot_gradcam_examples(
     maps_path: str | Path, table_path: str | Path, output: str | Path
 ) -> None:
     """fig05: Grad-CAM overlays, top row correct predictions, bottom row incorrect."""
-    from melrepro.figures import new_figure, save_figure
+    from melrepro.report.figures import new_figure, save_figure
 
     index, data = _load_examples(maps_path)
     table = pd.read_csv(table_path).set_index("image_id")
@@ -639,7 +649,7 @@ def plot_gradcam_examples(
 
 def plot_gradcam_outside(maps_path: str | Path, table_path: str | Path, output: str | Path) -> None:
     """fig06: the test images whose saliency lies most outside the lesion, lesion outlined."""
-    from melrepro.figures import new_figure, save_figure
+    from melrepro.report.figures import new_figure, save_figure
 
     index, data = _load_examples(maps_path)
     table = pd.read_csv(table_path).set_index("image_id")

@@ -1,7 +1,7 @@
 """The official ISIC archive layouts: file names, folders inside zips, CSV headers.
 
 This is the one place that knows what the real archives look like. The synthetic twin
-(:mod:`melrepro.synthetic`) writes exactly these files and :mod:`melrepro.manifests` reads them,
+(:mod:`melrepro.data.synthetic`) writes exactly these files and :mod:`melrepro.data.manifests` reads them,
 so the code the tests exercise is the code users run on the real archives.
 """
 
@@ -29,7 +29,7 @@ ARCHIVE_HOSTS = (
     "https://isic-challenge-data.s3.amazonaws.com/{year}/",
 )
 #: HAM10000 metadata lives on Harvard Dataverse (doi:10.7910/DVN/DBW86T). Dataverse file ids are
-#: opaque, so this is the dataset's file listing: melrepro.download finds the file in it by name.
+#: opaque, so this is the dataset's file listing: melrepro.data.download finds the file in it by name.
 DATAVERSE_HAM10000 = (
     "https://dataverse.harvard.edu/api/datasets/:persistentId/versions/:latest/files"
     "?persistentId=doi:10.7910/DVN/DBW86T"

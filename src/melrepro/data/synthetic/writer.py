@@ -7,8 +7,8 @@ Besides the official files, ``<outdir>/synthetic_truth/`` holds the generator's 
     whose archive ships no masks.
 ``truth.csv``, one row per image (:data:`TRUTH_COLUMNS`):
     ``image_id``, ``split`` (train/val/test); ``label`` in the dataset's vocabulary
-    (:data:`melrepro.synthetic.spec.CLASSES`); ``diagnosis`` (HAM ``dx``, the 2020 diagnosis);
-    ``style`` (the painter's lesion kind, :data:`melrepro.synthetic.draw.STYLES`);
+    (:data:`melrepro.data.synthetic.spec.CLASSES`); ``diagnosis`` (HAM ``dx``, the 2020 diagnosis);
+    ``style`` (the painter's lesion kind, :data:`melrepro.data.synthetic.draw.STYLES`);
     ``patient_id``, ``lesion_id``; true ``sex``, ``age``, ``site`` (also where the official CSVs
     leave them blank); ``width``, ``height``; ``skin_tone`` (0 light .. 1 dark), ``brightness``,
     ``vignetting`` (0 = none), ``hair`` (number of hairs), ``ruler`` (edge or empty);
@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from melrepro.layouts import ATTRIBUTES, DATASETS, ImageSet
-from melrepro.synthetic.draw import Rendered, render
-from melrepro.synthetic.plan import ImagePlan, plan_dataset
-from melrepro.synthetic.spec import resolve_spec
+from melrepro.data.layouts import ATTRIBUTES, DATASETS, ImageSet
+from melrepro.data.synthetic.draw import Rendered, render
+from melrepro.data.synthetic.plan import ImagePlan, plan_dataset
+from melrepro.data.synthetic.spec import resolve_spec
 
 __all__ = ["TRUTH_COLUMNS", "write_synthetic_archive"]
 
@@ -407,7 +407,7 @@ def write_synthetic_archive(
     Parameters
     ----------
     dataset : str
-        A key of :data:`melrepro.layouts.DATASETS`.
+        A key of :data:`melrepro.data.layouts.DATASETS`.
     outdir : str or Path
         Folder that receives the files (created if needed).
     spec : dict

@@ -69,7 +69,7 @@ def gradcam_maps(
         Model-ready input (already normalised).
     target_layer : nn.Module
         Layer whose activations and gradients make the map (e.g.
-        :func:`melrepro.training.gradcam_target_layer`).
+        :func:`melrepro.methods.training.gradcam_target_layer`).
     classes : sequence of int, optional
         Class explained for each image. Binary: 1 explains the positive logit, 0 its
         negative. Default: the predicted class.

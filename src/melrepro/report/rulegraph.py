@@ -10,7 +10,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from melrepro.figures import new_figure, save_figure
+from melrepro.report.figures import new_figure, save_figure
 
 __all__ = ["draw_rulegraph", "parse_rulegraph", "rulegraph_dot"]
 

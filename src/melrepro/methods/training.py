@@ -35,7 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.ops import sigmoid_focal_loss
 
-from melrepro import metrics
+from melrepro.methods import metrics
+from melrepro.methods.devices import choose_device
 
 __all__ = [
     "ArrayDataset",
@@ -50,7 +51,6 @@ __all__ = [
     "make_sampler",
     "mixup_batch",
     "predict",
-    "resolve_device",
     "train_model",
 ]
 
@@ -361,17 +361,6 @@ def gradcam_target_layer(model: CNNClassifier) -> nn.Module:
     return net.features[-2]
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; ``"cuda"`` fails loudly without a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; choose 'auto', 'cpu' or 'cuda'")
-    return torch.device(name)
-
-
 def make_loss(options: TrainOptions) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss of ``options.loss`` as ``loss(logits, targets) -> scalar`` (batch mean).
 
@@ -637,6 +626,172 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Run:
+    """Everything one training run mutates: model, optimiser state and bookkeeping."""
+
+    model: CNNClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+    fingerprint: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float = -float("inf")
+    best_epoch: int = 0
+    stale: int = 0
+
+
+def _setup(options: TrainOptions, fingerprint: str) -> _Run:
+    """Threads, determinism, device; then model, optimiser, schedule, scaler and loss."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if options.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = choose_device(options.device)
+    logger.info(
+        "Creating model %s (pretrained=%s) on %s", options.backbone, options.pretrained, device
+    )
+    model = build_model(options).to(device)
+    optimizer = _make_optimizer(model, options)
+    return _Run(
+        model=model,
+        optimizer=optimizer,
+        scheduler=_make_scheduler(optimizer, options),
+        scaler=torch.amp.GradScaler(device.type, enabled=options.amp and device.type == "cuda"),
+        loss_fn=make_loss(options),
+        device=device,
+        fingerprint=fingerprint,
+    )
+
+
+def _resume(run: _Run, last_path: Path) -> tuple[int, bool]:
+    """Load ``last_path`` into ``run`` if it belongs to this run; return (last epoch, finished).
+
+    A checkpoint written with other options or other data is ignored (epoch 0).
+    """
+    if not last_path.exists():
+        return 0, False
+    ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+    if ckpt.get("fingerprint") != run.fingerprint:
+        logger.warning("Ignoring %s: written with other options or data", last_path)
+        return 0, False
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.history = ckpt["history"]
+    run.best_score, run.best_epoch, run.stale = (
+        ckpt["best_score"],
+        ckpt["best_epoch"],
+        ckpt["stale"],
+    )
+    logger.info("Resuming from %s after epoch %d", last_path, ckpt["epoch"])
+    return ckpt["epoch"], bool(ckpt.get("finished"))
+
+
+def _validate(
+    run: _Run, val_dataset: Dataset, options: TrainOptions, epoch: int, best_path: Path
+) -> tuple[float, float, bool]:
+    """Validation loss and monitored score; saves ``best_path`` when the score improves."""
+    val_loss, probs, labels = evaluate(
+        run.model, val_dataset, options=options, device=run.device, loss_fn=run.loss_fn
+    )
+    score = _val_score(options.monitor, val_loss, probs, labels)
+    # A NaN score (e.g. AUROC of a one-class validation set) never improves, but the
+    # first epoch is always kept so that a best checkpoint exists.
+    improved = bool(score > run.best_score) or run.best_epoch == 0
+    if improved:
+        run.best_score, run.best_epoch, run.stale = score, epoch, 0
+        _atomic_save({"model": run.model.state_dict(), "epoch": epoch}, best_path)
+    else:
+        run.stale += 1
+    return val_loss, score, improved
+
+
+def _run_epoch(
+    run: _Run,
+    train_dataset: ArrayDataset,
+    val_dataset: Dataset,
+    options: TrainOptions,
+    epoch: int,
+    best_path: Path,
+) -> dict[str, float]:
+    """One epoch from its own seed: train, step the schedule, validate; the history row."""
+    t0 = time.perf_counter()
+    seed = _epoch_seed(options.seed, epoch)
+    _seed_everything(seed)
+    frozen = epoch <= options.freeze_epochs
+    _set_frozen(run.model, frozen)
+    loader = _loader(
+        train_dataset,
+        options.batch_size,
+        options=options,
+        seed=seed,
+        train=True,
+        labels=train_dataset.labels,
+    )
+    lr = run.optimizer.param_groups[0]["lr"]
+    train_loss = _train_one_epoch(
+        run.model,
+        loader,
+        optimizer=run.optimizer,
+        scaler=run.scaler,
+        loss_fn=run.loss_fn,
+        options=options,
+        device=run.device,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
+    run.scheduler.step()
+    val_loss, score, improved = _validate(run, val_dataset, options, epoch, best_path)
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        options.monitor: score if options.monitor != "val_loss" else val_loss,
+        "lr": lr,
+        "frozen": frozen,
+        "seconds": time.perf_counter() - t0,
+    }
+    run.history.append(row)
+    logger.info(
+        "epoch=%03d train_loss=%.4f val_loss=%.4f %s=%.4f lr=%.2e frozen=%s%s",
+        epoch,
+        train_loss,
+        val_loss,
+        options.monitor,
+        row[options.monitor],
+        lr,
+        frozen,
+        " *" if improved else "",
+    )
+    return row
+
+
+def _save_last(run: _Run, options: TrainOptions, epoch: int, finished: bool, path: Path) -> None:
+    """Everything needed to resume after ``epoch`` (the checkpoint format of ``last.pt``)."""
+    _atomic_save(
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "epoch": epoch,
+            "history": run.history,
+            "best_score": run.best_score,
+            "best_epoch": run.best_epoch,
+            "stale": run.stale,
+            "finished": finished,
+            "fingerprint": run.fingerprint,
+            "options": options.to_dict(),
+            "seed": options.seed,
+        },
+        path,
+    )
+
+
 def train_model(
     train_dataset: ArrayDataset,
     val_dataset: Dataset,
@@ -679,44 +834,13 @@ def train_model(
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    if options.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    device = resolve_device(options.device)
-    logger.info(
-        "Creating model %s (pretrained=%s) on %s", options.backbone, options.pretrained, device
-    )
-    model = build_model(options).to(device)
-    optimizer = _make_optimizer(model, options)
-    scheduler = _make_scheduler(optimizer, options)
-    scaler = torch.amp.GradScaler(device.type, enabled=options.amp and device.type == "cuda")
-    loss_fn = make_loss(options)
     # A checkpoint belongs to these options *and* this data: Snakemake reruns the job when an
     # input changes, and the old checkpoints must not be resumed then.
     fingerprint = f"{options.fingerprint()}-{_data_fingerprint(train_dataset, val_dataset)}"
-
-    history: list[dict[str, float]] = []
-    start_epoch, best_score, best_epoch, stale = 1, -float("inf"), 0, 0
+    run = _setup(options, fingerprint)
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
-    resumed_from = 0
-    if last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        if ckpt.get("fingerprint") == fingerprint:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            history = ckpt["history"]
-            best_score, best_epoch, stale = ckpt["best_score"], ckpt["best_epoch"], ckpt["stale"]
-            resumed_from = ckpt["epoch"]
-            start_epoch = resumed_from + 1
-            logger.info("Resuming from %s after epoch %d", last_path, ckpt["epoch"])
-            if ckpt.get("finished"):
-                start_epoch = options.epochs + 1
-        else:
-            logger.warning("Ignoring %s: written with other options or data", last_path)
+    resumed_from, was_finished = _resume(run, last_path)
+    start_epoch = options.epochs + 1 if was_finished else resumed_from + 1
 
     logger.info(
         "Start training: %d epochs, %d train / %d val images",
@@ -728,110 +852,36 @@ def train_model(
     epoch = start_epoch
     finished = start_epoch > options.epochs
     while not finished:
-        t0 = time.perf_counter()
-        seed = _epoch_seed(options.seed, epoch)
-        _seed_everything(seed)
-        frozen = epoch <= options.freeze_epochs
-        _set_frozen(model, frozen)
-        loader = _loader(
-            train_dataset,
-            options.batch_size,
-            options=options,
-            seed=seed,
-            train=True,
-            labels=train_dataset.labels,
-        )
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_one_epoch(
-            model,
-            loader,
-            optimizer=optimizer,
-            scaler=scaler,
-            loss_fn=loss_fn,
-            options=options,
-            device=device,
-            generator=torch.Generator().manual_seed(seed + 1),
-        )
-        scheduler.step()
-        val_loss, probs, labels = evaluate(
-            model, val_dataset, options=options, device=device, loss_fn=loss_fn
-        )
-        score = _val_score(options.monitor, val_loss, probs, labels)
-        # A NaN score (e.g. AUROC of a one-class validation set) never improves, but the
-        # first epoch is always kept so that a best checkpoint exists.
-        improved = bool(score > best_score) or best_epoch == 0
-        if improved:
-            best_score, best_epoch, stale = score, epoch, 0
-            _atomic_save({"model": model.state_dict(), "epoch": epoch}, best_path)
-        else:
-            stale += 1
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            options.monitor: score if options.monitor != "val_loss" else val_loss,
-            "lr": lr,
-            "frozen": frozen,
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
-        logger.info(
-            "epoch=%03d train_loss=%.4f val_loss=%.4f %s=%.4f lr=%.2e frozen=%s%s",
-            epoch,
-            train_loss,
-            val_loss,
-            options.monitor,
-            row[options.monitor],
-            lr,
-            frozen,
-            " *" if improved else "",
-        )
+        row = _run_epoch(run, train_dataset, val_dataset, options, epoch, best_path)
         patience = options.early_stopping_patience
-        finished = epoch >= options.epochs or (patience is not None and stale >= patience)
+        finished = epoch >= options.epochs or (patience is not None and run.stale >= patience)
         if finished and epoch < options.epochs:
-            logger.info("Early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
-        _atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "stale": stale,
-                "finished": finished,
-                "fingerprint": fingerprint,
-                "options": options.to_dict(),
-                "seed": options.seed,
-            },
-            last_path,
-        )
+            logger.info("Early stopping after epoch %d (best epoch %d)", epoch, run.best_epoch)
+        _save_last(run, options, epoch, finished, last_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         epoch += 1
     logger.info(
         "Training done in %.1f s; best epoch %d (%s=%.4f)",
         time.perf_counter() - t_start,
-        best_epoch,
+        run.best_epoch,
         options.monitor,
-        best_score,
+        run.best_score,
     )
 
     best = torch.load(best_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(best["model"])
-    hist = pd.DataFrame(history)
+    run.model.load_state_dict(best["model"])
+    hist = pd.DataFrame(run.history)
     if history_path is not None:
         Path(history_path).parent.mkdir(parents=True, exist_ok=True)
         hist.to_csv(history_path, index=False)
     return TrainResult(
-        model=model,
+        model=run.model,
         history=hist,
-        best_epoch=best_epoch,
-        best_score=best_score,
-        device=str(device),
-        weights=model.weights_name,
+        best_epoch=run.best_epoch,
+        best_score=run.best_score,
+        device=str(run.device),
+        weights=run.model.weights_name,
         resumed_from_epoch=resumed_from,
     )
 

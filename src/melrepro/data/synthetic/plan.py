@@ -8,9 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from melrepro.layouts import DATASETS
-from melrepro.synthetic.draw import Lesion, Scene, View, sample_lesion, sample_scene, sample_view
-from melrepro.synthetic.spec import CLASSES
+from melrepro.data.layouts import DATASETS
+from melrepro.data.synthetic.draw import (
+    Lesion,
+    Scene,
+    View,
+    sample_lesion,
+    sample_scene,
+    sample_view,
+)
+from melrepro.data.synthetic.spec import CLASSES
 
 __all__ = ["ID_BASE", "SEED_OFFSET", "ImagePlan", "plan_dataset"]
 

@@ -5,8 +5,8 @@ exist, with the ground truth beside them (DESIGN.md section 1).
 ``DEFAULT_SPEC[dataset]`` is its default ``data.synthetic.<dataset>`` config section.
 """
 
-from melrepro.synthetic.spec import CLASSES, DEFAULT_SPEC, resolve_spec, synthetic_schema
-from melrepro.synthetic.writer import TRUTH_COLUMNS, write_synthetic_archive
+from melrepro.data.synthetic.spec import CLASSES, DEFAULT_SPEC, resolve_spec, synthetic_schema
+from melrepro.data.synthetic.writer import TRUTH_COLUMNS, write_synthetic_archive
 
 __all__ = [
     "CLASSES",

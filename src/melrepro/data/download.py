@@ -44,7 +44,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from melrepro import __version__
-from melrepro.layouts import ARCHIVE_HOSTS, layout
+from melrepro.data.layouts import ARCHIVE_HOSTS, layout
 
 __all__ = [
     "CHECKSUM_COLUMNS",
@@ -332,7 +332,7 @@ def remote_urls(
         then the old one as a mirror).
     dataverse_api : str or None
         Dataverse server used to resolve the HAM10000 files by name; None skips the look-up
-        (only the address in :mod:`melrepro.layouts` and the hosts are then tried).
+        (only the address in :mod:`melrepro.data.layouts` and the hosts are then tried).
     timeout_s : float
         Timeout of the Dataverse look-up.
 

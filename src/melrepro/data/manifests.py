@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from melrepro.archive_io import (
+from melrepro.data.archive_io import (
     URI_SEPARATOR,
     ArchiveFolder,
     IngestError,
@@ -33,7 +33,7 @@ from melrepro.archive_io import (
     first_row,
     read_checked_csv,
 )
-from melrepro.layouts import ATTRIBUTES, DatasetLayout, ImageSet, layout
+from melrepro.data.layouts import ATTRIBUTES, DatasetLayout, ImageSet, layout
 
 __all__ = [
     "CHECK_COLUMNS",
@@ -397,7 +397,7 @@ def index_dataset(archive_root: str | Path, dataset: str, *, n_shards: int = 1) 
     archive_root : path
         ``resources/archives/<dataset>``.
     dataset : str
-        A key of :data:`melrepro.layouts.DATASETS`.
+        A key of :data:`melrepro.data.layouts.DATASETS`.
     n_shards : int
         Number of shards; fills the ``shard`` column (:func:`shard_of`).
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from melrepro.archive_io import at_row, first_row
-from melrepro.tables import ROW_SEPARATOR
+from melrepro.data.archive_io import at_row, first_row
+from melrepro.report.tables import ROW_SEPARATOR
 
 __all__ = ["PAPER_VALUE_COLUMNS", "lookup", "read_paper_values", "score_paper", "summarize"]
 
@@ -45,7 +45,7 @@ def lookup(table: pd.DataFrame, row: str, column: str) -> float | None:
     """The value at (``row``, ``column``) of a table CSV read without index.
 
     ``row`` is matched against the first column, then the first two joined by
-    :data:`~melrepro.tables.ROW_SEPARATOR`, and so on (tables write their index levels first).
+    :data:`~melrepro.report.tables.ROW_SEPARATOR`, and so on (tables write their index levels first).
     """
     if column not in table.columns:
         return None

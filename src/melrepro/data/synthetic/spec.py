@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from melrepro.layouts import DATASETS
+from melrepro.data.layouts import DATASETS
 
 __all__ = ["CLASSES", "DEFAULT_SPEC", "resolve_spec", "synthetic_schema"]
 
@@ -265,7 +265,7 @@ def synthetic_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "description": "Sizes and signals of the synthetic twin of each archive "
-        "(melrepro.synthetic.DEFAULT_SPEC). The global `seed` is passed separately.",
+        "(melrepro.data.synthetic.DEFAULT_SPEC). The global `seed` is passed separately.",
         "type": "object",
         "additionalProperties": False,
         "properties": datasets,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from melrepro.figures import new_figure, save_figure
-from melrepro.tables import write_table
+from melrepro.report.figures import new_figure, save_figure
+from melrepro.report.tables import write_table
 
 __all__ = ["class_counts", "write_class_counts"]
 

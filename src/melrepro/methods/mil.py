@@ -44,7 +44,6 @@ __all__ = [
     "block_centres",
     "block_grid",
     "block_scores",
-    "choose_device",
     "dihedral",
     "dr_counts",
     "jaccard_index",
@@ -337,25 +336,6 @@ def dihedral(image: np.ndarray, view: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- models
-
-
-def choose_device(device: str = "auto") -> torch.device:
-    """Resolve ``"auto"``/``"cpu"``/``"cuda"`` to a device (CUDA when present for ``auto``).
-
-    Raises
-    ------
-    ValueError
-        For an unknown name, or ``"cuda"`` without a GPU.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but no CUDA device is available")
-        return torch.device("cuda")
-    raise ValueError(f"unknown device {device!r}; choose 'auto', 'cpu' or 'cuda'")
 
 
 class BlockEncoder(nn.Module):

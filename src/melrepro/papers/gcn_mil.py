@@ -1,6 +1,6 @@
 """Path-level steps of the ``gcn_mil`` paper: block features, training, evaluation, tables, figures.
 
-Every public function here reads files, calls the pure methods of :mod:`melrepro.mil` and
+Every public function here reads files, calls the pure methods of :mod:`melrepro.methods.mil` and
 writes files; the Snakemake scripts call exactly one of them. The data flow is
 
     cache shard ──extract_gcn_mil_features──▶ features/shard-K.pt (bags, one per image × DR angle)
@@ -10,6 +10,12 @@ writes files; the Snakemake scripts call exactly one of them. The data flow is
 
 The backbone is frozen and its block features are cached per shard, so a training epoch only
 runs the GCN-MIL head.
+
+Artifact index (id: function that writes it):
+
+    table01-table05  tabulate_gcn_mil (one section per table, marked by its id)
+    fig01            the rule graph: melrepro.report.rulegraph via workflow/rules/report.smk
+    fig02-fig06      plot_gcn_mil (one section per figure, marked by its id)
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from melrepro import mil
+from melrepro.methods import mil
+from melrepro.methods.devices import choose_device
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +161,7 @@ def _working_shape(width: int, height: int, scale: float) -> tuple[int, int]:
 
 
 def _read_cache(paths: Sequence[str | Path]) -> dict[str, Any]:
-    from melrepro.imagecache import read_cache
+    from melrepro.data.imagecache import read_cache
 
     return read_cache([str(p) for p in paths])
 
@@ -167,7 +174,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _write_run_info(directory: Path, run_info: Mapping[str, Any] | None, **extra: Any) -> None:
-    from melrepro.runinfo import write_run_info
+    from melrepro.report.runinfo import write_run_info
 
     info = dict(run_info or {})
     write_run_info(
@@ -231,7 +238,7 @@ def extract_gcn_mil_features(
     """
     options = _options(BagOptions, bags)
     torch.set_num_threads(max(1, threads))
-    dev = mil.choose_device(device)
+    dev = choose_device(device)
     manifest = _manifest_with_split(manifest_path, split_path)
     cache = _read_cache([cache_path])
     torch.manual_seed(seed)
@@ -408,7 +415,7 @@ def train_gcn_mil(
     model_opts = _options(ModelOptions, model)
     train_opts = _options(TrainOptions, train)
     torch.set_num_threads(max(1, threads))
-    dev = mil.choose_device(device)
+    dev = choose_device(device)
     run_seed = seed + run
     train_bags = load_bags(feature_paths, splits=["train"])
     train_set = [_to_data(b) for b in train_bags]
@@ -624,7 +631,7 @@ def evaluate_gcn_mil(
     ``scores__<id>`` of training and test images, for the figures).
     """
     torch.set_num_threads(max(1, threads))
-    dev = mil.choose_device(device)
+    dev = choose_device(device)
     etas = thresholds_from(**dict(thresholds or {}))
     if len(feature_paths) != len(cache_paths):
         raise ValueError(
@@ -729,7 +736,7 @@ def tabulate_gcn_mil(
     Table 5's own row is the mean over the runs in ``metrics_paths``; literature rows of
     Tables 4 and 5 are read from ``paper_values_path`` (kind ``cited``).
     """
-    from melrepro.tables import write_table
+    from melrepro.report.tables import write_table
 
     bag_opts = _options(BagOptions, bags)
     model_opts = _options(ModelOptions, model)
@@ -874,7 +881,7 @@ def plot_gcn_mil(
     """
     from matplotlib.patches import Rectangle
 
-    from melrepro.figures import new_figure, save_figure
+    from melrepro.report.figures import new_figure, save_figure
 
     bag_opts = _options(BagOptions, bags)
     manifest = _manifest_with_split(manifest_path, split_path)

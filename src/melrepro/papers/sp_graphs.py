@@ -2,12 +2,19 @@
 
 Elwer, Rushdi & Annaby, "Learning superpixel ensemble and hierarchy graphs for melanoma
 detection", arXiv:2604.03710 (2026). The path-level functions here are what the workflow's
-scripts call; the methods live in :mod:`melrepro.superpixels`, :mod:`melrepro.graph_weights`,
-:mod:`melrepro.graph_features`, :mod:`melrepro.conventional_features` and
-:mod:`melrepro.classical`.
+scripts call; the methods live in :mod:`melrepro.methods.superpixels`, :mod:`melrepro.methods.graph_weights`,
+:mod:`melrepro.methods.graph_features`, :mod:`melrepro.methods.conventional_features` and
+:mod:`melrepro.methods.classical`.
 
 Feature variants are named ``<graph>-<weighting>-<signal>-tau<percent>-n<nodes>``, e.g.
 ``seg-learned-color-tau50-n60``; ``conventional`` holds the 394 image features.
+
+Artifact index (id: function that writes it):
+
+    table01-table12  write_tables (from the per-table metrics of cross_validate_table)
+    fig01-fig03      plot_examples
+    fig04            the rule graph: melrepro.report.rulegraph via workflow/rules/report.smk
+    fig05, fig06     plot_results
 """
 
 from __future__ import annotations
@@ -21,27 +28,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melrepro.classical import CLASSIFIERS, METRICS, ClassifierSettings, cross_validate
-from melrepro.conventional_features import (
+from melrepro.methods.classical import CLASSIFIERS, METRICS, ClassifierSettings, cross_validate
+from melrepro.methods.conventional_features import (
     conventional_feature_names,
     conventional_features,
     otsu_lesion,
 )
-from melrepro.graph_features import feature_names, graph_features, local_efficiency
-from melrepro.graph_weights import (
+from melrepro.methods.graph_features import feature_names, graph_features, local_efficiency
+from melrepro.methods.graph_weights import (
     gaussian_weights,
     learn_weights_mm,
     prune_weakest,
     standardize_signals,
 )
-from melrepro.superpixels import (
+from melrepro.methods.superpixels import (
     SIGNAL_NAMES,
     node_signals,
     pixel_maps,
     region_sums,
     superpixel_ensemble,
 )
-from melrepro.superpixels import superpixel_hierarchy as _hierarchy
+from melrepro.methods.superpixels import superpixel_hierarchy as _hierarchy
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +110,7 @@ class ExtractionSettings:
         ``(graph, weighting, signal)`` the pruning study uses (table 11: SEG, learned, colour).
     compactness, sigma, slic_oversample : float
         SLIC settings (scikit-image defaults) and the over-segmentation factor before merging to
-        exactly n regions (see :mod:`melrepro.superpixels`).
+        exactly n regions (see :mod:`melrepro.methods.superpixels`).
     mm_delta, mm_gamma, mm_tol, mm_max_iter : float, int
         δ, γ, ε of Algorithm 1 and an iteration cap.
     gft_signal : mapping
@@ -112,7 +119,7 @@ class ExtractionSettings:
         Longest side for the conventional features.
     crop_to_lesion : bool
         Superpixels cover the lesion's bounding box (Otsu lesion mask, see
-        :func:`melrepro.conventional_features.otsu_lesion`, grown by ``crop_margin`` of its size
+        :func:`melrepro.methods.conventional_features.otsu_lesion`, grown by ``crop_margin`` of its size
         on every side) rather than the whole image: the paper subdivides "each lesion" into
         superpixels. The ISIC masks are not used because the archive melanomas have none.
     crop_margin : float
@@ -312,7 +319,7 @@ def extract_features_shard(
     """
     from joblib import Parallel, delayed
 
-    from melrepro.imagecache import load_shard
+    from melrepro.data.imagecache import load_shard
 
     s = settings if isinstance(settings, ExtractionSettings) else ExtractionSettings.from_config(
         settings or {})  # fmt: skip
@@ -505,7 +512,7 @@ def write_tables(
     main_protocol : str
         Protocol of tables 1–6 and 8–11.
     """
-    from melrepro.tables import write_table
+    from melrepro.report.tables import write_table
 
     frames = {t: pd.read_parquet(p) for t, p in cv_metrics.items()}
     for table, (graph, weighting, signal) in TABLES.items():
@@ -569,7 +576,7 @@ def plot_results(
     fig06: str | Path,
 ) -> None:
     """Figure 5 (AUC bars with a mean-AUC line) and figure 6 (selected-feature composition)."""
-    from melrepro.figures import new_figure, save_figure
+    from melrepro.report.figures import new_figure, save_figure
 
     panels = [(w, s) for w in ("gaussian", "learned") for s in SIGNALS]
 
@@ -646,8 +653,8 @@ def plot_examples(
     """Figures 1–3: sample images, one image's colour graph signal and graphs, superpixel maps."""
     from skimage.segmentation import mark_boundaries
 
-    from melrepro.figures import new_figure, save_figure
-    from melrepro.imagecache import read_cache
+    from melrepro.data.imagecache import read_cache
+    from melrepro.report.figures import new_figure, save_figure
 
     s = ExtractionSettings.from_config(settings or {})
     man = pd.read_parquet(manifest)
