@@ -11,4 +11,5 @@ write_synthetic_archive(
     Path(snakemake.output.truth).parents[1],  # resources/archives/<dataset>
     snakemake.params.spec,
     seed=snakemake.params.seed,
+    task2_spec=snakemake.params.task2_spec,
 )

@@ -46,7 +46,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d{3}",
     res=r"(sq|max)\d+|orig",
-    split_name=r"official|cv10|lesion_70_15_15|patient_85_15",
+    split_name=r"official|cv10|lesion_70_15_15|patient_85_15|class_floor_80_10_10",
     paper="|".join(PAPERS),
 
 

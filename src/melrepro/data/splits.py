@@ -12,6 +12,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 __all__ = [
     "SPLIT_NAMES",
+    "class_floor_split",
     "grouped_split",
     "groups_of",
     "make_split",
@@ -22,7 +23,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Split names understood by :func:`make_split`.
-SPLIT_NAMES = ("official", "cv10", "lesion_70_15_15", "patient_85_15")
+SPLIT_NAMES = ("official", "cv10", "lesion_70_15_15", "patient_85_15", "class_floor_80_10_10")
 
 
 def groups_of(manifest: pd.DataFrame, column: str) -> pd.Series:
@@ -87,6 +88,57 @@ def grouped_split(
     return split
 
 
+def class_floor_split(
+    y: np.ndarray,
+    *,
+    seed: int,
+    fractions: tuple[float, float] = (0.1, 0.1),
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per class, ``floor(f_val n_c)`` images to ``val`` then ``floor(f_test n_c)`` to ``test``.
+
+    The rest is ``train``. This is TIML's ``Split1HotDataset`` (paper 004): on the real ISIC
+    2019 class counts it holds out exactly 2,529 images per split. Images of a class are
+    shuffled with ``seed``; val is taken before test.
+
+    Parameters
+    ----------
+    y : (n,) array of class labels
+    seed : int
+    fractions : (val, test) fractions per class
+    groups : (n,) array, optional
+        Group ids (lesions): when given, whole groups are taken (in shuffled order) until the
+        class quota is reached or passed, so no group crosses splits (a group is assigned to the
+        class of its first image). None reproduces the paper (not grouped).
+    """
+    y = np.asarray(y).astype(str)
+    split = np.full(len(y), "train", dtype=object)
+    rng = np.random.default_rng(seed)
+    for cls in sorted(set(y)):
+        members = np.flatnonzero(y == cls)
+        n_c = len(members)
+        n_val, n_test = (int(np.floor(f * n_c + 1e-9)) for f in fractions)
+        if groups is None:
+            order = members[rng.permutation(n_c)]
+            split[order[:n_val]] = "val"
+            split[order[n_val : n_val + n_test]] = "test"
+            continue
+        g = np.asarray(groups)[members]
+        unique = np.array(sorted(set(g)), dtype=object)
+        unique = unique[rng.permutation(len(unique))]
+        taken = {"val": 0, "test": 0}
+        for group in unique:
+            if split[members[g == group][0]] != "train":
+                continue
+            rows = np.flatnonzero(np.asarray(groups) == group)
+            for name, quota in (("val", n_val), ("test", n_test)):
+                if taken[name] < quota:
+                    split[rows] = name
+                    taken[name] += int((y[rows] == cls).sum())
+                    break
+    return split
+
+
 def stratified_folds(y: np.ndarray, n_folds: int, *, seed: int) -> np.ndarray:
     """Fold number (0..n_folds-1) of every row, stratified on ``y`` (scikit-learn's StratifiedKFold)."""
     folds = np.empty(len(y), dtype=np.int16)
@@ -103,13 +155,16 @@ def make_split(
     seed: int,
     fractions: list[float] | None = None,
     n_folds: int = 10,
+    group_by_lesion: bool = False,
 ) -> pd.DataFrame:
     """Build the split ``name`` of a manifest: ``image_id`` plus ``split`` and/or ``fold``.
 
     ``official`` copies the archive's split; ``cv10`` stratifies on ``target`` into ``n_folds``
     folds; ``lesion_70_15_15`` groups by ``lesion_id`` (train/val/test); ``patient_85_15`` groups
     by ``patient_id`` (train/val) over the labelled images, unlabelled ones stay ``test``.
-    Grouped splits stratify on ``label``.
+    Grouped splits stratify on ``label``. ``class_floor_80_10_10`` takes floor(10 %) of every
+    class for val, then floor(10 %) for test (``fractions`` = (val, test); paper 004), not grouped
+    unless ``group_by_lesion``.
     """
     frame = pd.DataFrame({"image_id": manifest["image_id"].astype("string")})
     if name == "official":
@@ -134,6 +189,17 @@ def make_split(
             groups_of(sub, column).to_numpy(),
             fractions,
             seed=seed,
+        )
+        frame["split"] = pd.array(split, dtype="string")
+        return frame
+    if name == "class_floor_80_10_10":
+        split = np.full(len(manifest), "unlabelled", dtype=object)
+        sub = manifest[labelled]
+        split[labelled] = class_floor_split(
+            sub["label"].astype(str).to_numpy(),
+            seed=seed,
+            fractions=tuple(fractions or (0.1, 0.1)),
+            groups=groups_of(sub, "lesion_id").to_numpy() if group_by_lesion else None,
         )
         frame["split"] = pd.array(split, dtype="string")
         return frame

@@ -101,6 +101,8 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         min_height=256,
         max_height=400,
         images_per_lesion=1.3,
+        include_task2=True,
+        downsampled_fraction=0.3,
     ),
     "isic2020": _spec(
         {"train": {"melanoma": 27, "benign": 273}, "test": {"melanoma": 6, "benign": 54}},
@@ -199,6 +201,21 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         "size; masks are drawn at full size.",
         128,
         8192,
+    ),
+    "include_task2": (
+        {"type": "boolean"},
+        "Also write every isic2018_task2 twin image into the ISIC 2019 training set (same id and "
+        "pixels; melanoma -> MEL, nevus -> NV, seborrheic_keratosis -> BKL), as the real task-2 "
+        "images are ISIC 2019 training images (isic2019 only; paper 004 joins them).",
+        None,
+        None,
+    ),
+    "downsampled_fraction": (
+        {"type": "number"},
+        "Fraction of those task-2 images stored under `<id>_downsampled`, as part of the real "
+        "ISIC 2019 archive is (isic2019 only).",
+        0,
+        1,
     ),
     "duplicates": (
         {"type": "integer"},

@@ -25,6 +25,7 @@ the challenge year) and fixed permissions; JPEG quality and PNG compression are 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import zipfile
@@ -399,8 +400,34 @@ def _write_ham(plans: list[ImagePlan], outdir: Path) -> Path:
     return path
 
 
+#: ISIC 2019 class of each task-2 twin class (the real task-2 images carry these 2019 labels).
+TASK2_TO_2019 = {"melanoma": "MEL", "nevus": "NV", "seborrheic_keratosis": "BKL"}
+
+
+def task2_plans_for_2019(
+    task2_spec: dict | None, seed: int, downsampled_fraction: float
+) -> list[ImagePlan]:
+    """The isic2018_task2 twin's plans as ISIC 2019 training images (same pixels, 2019 labels).
+
+    A seeded ``downsampled_fraction`` of them get the id ``<id>_downsampled`` (as in the real
+    2019 archive); the pixels are those of the task-2 image of the same plain id.
+    """
+    plans = plan_dataset("isic2018_task2", resolve_spec("isic2018_task2", task2_spec), seed)
+    rng = np.random.default_rng(seed + 19_218)
+    out = []
+    for p in plans:
+        label = TASK2_TO_2019[p.label]
+        suffix = "_downsampled" if rng.uniform() < downsampled_fraction else ""
+        out.append(
+            dataclasses.replace(
+                p, image_id=p.image_id + suffix, label=label, diagnosis=label, split="train"
+            )
+        )
+    return out
+
+
 def write_synthetic_archive(
-    dataset: str, outdir: str | Path, spec: dict, *, seed: int
+    dataset: str, outdir: str | Path, spec: dict, *, seed: int, task2_spec: dict | None = None
 ) -> list[Path]:
     """Write the official files of ``dataset`` into ``outdir``, plus ``outdir/synthetic_truth/``.
 
@@ -414,6 +441,10 @@ def write_synthetic_archive(
         ``config["data"]["synthetic"][dataset]``; missing keys take :data:`DEFAULT_SPEC` values.
     seed : int
         The global seed (>= 0); each dataset adds its own offset.
+    task2_spec : dict, optional
+        ``config["data"]["synthetic"]["isic2018_task2"]``: with ``include_task2`` (isic2019), the
+        task-2 twin's images are added to the ISIC 2019 training set (see
+        :func:`task2_plans_for_2019`).
 
     Returns
     -------
@@ -433,6 +464,8 @@ def write_synthetic_archive(
     outdir = Path(outdir)
     (outdir / "synthetic_truth" / "masks").mkdir(parents=True, exist_ok=True)
     plans = plan_dataset(dataset, spec, seed)
+    if spec.get("include_task2"):
+        plans = task2_plans_for_2019(task2_spec, seed, spec["downsampled_fraction"]) + plans
     painter = _Painter(plans, spec["jpeg_quality"])
     year = int(layout.year) if layout.year.isdigit() else 2024
     truth: list[dict[str, Any]] = []
