@@ -21,7 +21,10 @@ from pytorch_grad_cam.utils.model_targets import (
 from torch import nn
 
 __all__ = [
+    "LayerGradCAM",
     "border_mask",
+    "cell_jaccard",
+    "gradcam_layer_maps",
     "gradcam_maps",
     "jaccard",
     "normalize_map",
@@ -107,6 +110,100 @@ def gradcam_maps(
     # The library scales each map by its maximum and resizes bilinearly; re-normalise so that
     # every map spans exactly [0, 1] (or is all zero) whatever the library version does.
     return np.stack([normalize_map(m) for m in np.concatenate(maps)])
+
+
+class LayerGradCAM(GradCAM):
+    """``pytorch_grad_cam.GradCAM`` that returns maps at the target layer's own resolution.
+
+    The library resizes every map to the input size; paper 004 keeps the layer's grid (28x28 for
+    VGG16 at 450 px, 8x8 for ResNet50 at 227 px) and upsamples by nearest neighbour to the
+    original image later. Returning no target size keeps the library's ReLU and per-map scaling
+    but skips the resize.
+    """
+
+    def get_target_width_height(self, input_tensor: torch.Tensor) -> None:  # type: ignore[override]
+        return None
+
+
+def gradcam_layer_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    target_layer: nn.Module,
+    *,
+    classes: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grad-CAM of a multi-class model at layer resolution, for the predicted class by default.
+
+    The gradient is that of the pre-softmax logit of the class (``ClassifierOutputTarget``).
+
+    Returns
+    -------
+    maps : (B, h, w) float32 in [0, 1], min-max normalised per image (constant maps are zero)
+    classes : (B,) int, the explained class of each image
+    constant : (B,) bool, maps that were constant before normalisation
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    model.eval()
+    device = next(model.parameters()).device
+    if classes is None:
+        with torch.no_grad():
+            logits = torch.cat(
+                [
+                    model(images[i : i + batch_size].to(device)).cpu()
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
+        classes = logits.argmax(1).tolist()
+    classes = [int(c) for c in classes]
+    if len(classes) != len(images):
+        raise ValueError(f"{len(classes)} classes for {len(images)} images")
+    raw = []
+    with LayerGradCAM(model=model, target_layers=[target_layer]) as cam:
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size].to(device)
+            targets = [ClassifierOutputTarget(c) for c in classes[i : i + batch_size]]
+            raw.append(cam(input_tensor=batch, targets=targets))
+    raw_maps = np.concatenate(raw)
+    constant = np.array([float(m.max() - m.min()) <= 1e-6 for m in raw_maps])
+    maps = np.stack([normalize_map(m) if not c else np.zeros_like(m) for m, c in zip(raw_maps, constant, strict=True)])
+    return maps.astype(np.float32), np.asarray(classes), constant
+
+
+def cell_jaccard(
+    saliency: np.ndarray,
+    cell_pixels: np.ndarray,
+    cell_mask: np.ndarray,
+    thresholds: Sequence[float],
+) -> np.ndarray:
+    """Jaccard of ``{s >= t}`` (nearest-upsampled) with a mask, exactly, from per-cell counts.
+
+    Parameters
+    ----------
+    saliency : (h, w) map in [0, 1] at layer resolution
+    cell_pixels : (h, w) int, original-resolution pixels of each saliency cell
+    cell_mask : (..., h, w) int, mask pixels of each cell (leading axes: several masks)
+    thresholds : sequence of float
+        ``t >= 1.0`` gives the empty region (paper 004, Fig. 4: 1.0 is all black).
+
+    Returns
+    -------
+    (..., len(thresholds)) float64; NaN where the mask is empty (Jaccard of two empty sets).
+    """
+    s = np.asarray(saliency, dtype=np.float64)
+    n = np.asarray(cell_pixels, dtype=np.int64)
+    m = np.asarray(cell_mask, dtype=np.int64)
+    if s.shape != n.shape or m.shape[-2:] != s.shape:
+        raise ValueError(f"shapes differ: saliency {s.shape}, pixels {n.shape}, mask {m.shape}")
+    region = np.stack([(s >= t) & (t < 1.0) for t in thresholds])  # (T, h, w)
+    area = (region * n).sum(axis=(-2, -1))  # (T,)
+    inter = np.einsum("thw,...hw->...t", region.astype(np.int64), m)
+    total = m.sum(axis=(-2, -1))[..., None]
+    union = area + total - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total > 0, inter / np.maximum(union, 1), np.nan)
+    return out
 
 
 def threshold_map(saliency: np.ndarray, threshold: float) -> np.ndarray:

@@ -47,6 +47,7 @@ __all__ = [
     "evaluate",
     "gradcam_target_layer",
     "load_model",
+    "make_class_sampler",
     "make_loss",
     "make_sampler",
     "mixup_batch",
@@ -59,8 +60,9 @@ logger = logging.getLogger(__name__)
 BACKBONES = ("efficientnet_b0", "resnet18", "resnet50", "vgg16")
 LOSSES = ("bce", "focal", "ce")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "none")
-MONITORS = ("val_auroc", "val_loss", "val_balanced_accuracy")
+SCHEDULERS = ("cosine", "none", "inverse_time")
+MONITORS = ("val_auroc", "val_loss", "val_balanced_accuracy", "val_accuracy")
+HEADS = ("linear", "flatten_mlp")
 
 
 @dataclass
@@ -121,6 +123,24 @@ class TrainOptions:
         ``torch.set_num_threads``; None leaves torch's default.
     deterministic : bool
         ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking.
+    head : str
+        ``"linear"`` (pooled features, dropout, linear) or ``"flatten_mlp"`` (Keras-style, paper
+        004 / TIML: the trunk without its pooling, Flatten, Dense ``head_hidden`` ReLU, Dropout,
+        Dense ``head_hidden`` ReLU, Dropout, Dense; see :mod:`melrepro.methods.cnn_heads`).
+    head_hidden : int
+        Width of the two hidden layers of ``flatten_mlp`` (paper 004: 2048).
+    image_size : int or None
+        Square input side; ``flatten_mlp`` needs it for the width of its first layer.
+    nesterov : bool
+        Nesterov momentum for SGD.
+    lr_decay : float
+        With ``scheduler="inverse_time"``: Keras' ``decay``, lr = lr0 / (1 + lr_decay k) before
+        optimiser update k (k = 0, 1, ...; per step, not per epoch).
+    class_weights : list of float or None
+        Per-class weights of ``"ce"`` with Keras ``class_weight`` semantics: the batch loss is
+        ``mean(w_y * CE)`` (not torch's ``weight=``, which divides by the sum of the weights).
+    sampler_class_balanced : bool
+        Sample with replacement so that every class is drawn equally often (K classes).
     """
 
     backbone: str = "efficientnet_b0"
@@ -153,6 +173,13 @@ class TrainOptions:
     num_workers: int = 0
     threads: int | None = None
     deterministic: bool = True
+    head: str = "linear"
+    head_hidden: int = 2048
+    image_size: int | None = None
+    nesterov: bool = False
+    lr_decay: float = 0.0
+    class_weights: list[float] | None = None
+    sampler_class_balanced: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -161,6 +188,7 @@ class TrainOptions:
             "optimizer": OPTIMIZERS,
             "scheduler": SCHEDULERS,
             "monitor": MONITORS,
+            "head": HEADS,
             "device": ("auto", "cpu", "cuda"),
         }
         for name, valid in choices.items():
@@ -177,6 +205,17 @@ class TrainOptions:
             raise ValueError(f"sampler_positive_fraction must be in (0, 1) or None, got {f}")
         if self.accumulation_steps < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("accumulation_steps, epochs and batch_size must be >= 1")
+        if self.head == "flatten_mlp" and not self.image_size:
+            raise ValueError("head 'flatten_mlp' needs image_size (the width of its first layer)")
+        if self.class_weights is not None and (
+            self.loss != "ce" or len(self.class_weights) != self.n_classes
+        ):
+            raise ValueError(
+                f"class_weights need loss 'ce' and one weight per class ({self.n_classes}), "
+                f"got {self.class_weights}"
+            )
+        if self.sampler_class_balanced and self.sampler_positive_fraction is not None:
+            raise ValueError("choose sampler_class_balanced or sampler_positive_fraction, not both")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainOptions:
@@ -340,7 +379,7 @@ class CNNClassifier(nn.Module):
 def build_model(options: TrainOptions) -> CNNClassifier:
     """Create the classifier described by ``options`` (seeded with ``options.seed``)."""
     torch.manual_seed(options.seed)
-    return CNNClassifier(
+    model = CNNClassifier(
         options.backbone,
         options.n_classes,
         n_metadata=options.n_metadata,
@@ -348,6 +387,11 @@ def build_model(options: TrainOptions) -> CNNClassifier:
         dropout=options.dropout,
         pretrained=options.pretrained,
     )
+    if options.head == "flatten_mlp":
+        from melrepro.methods.cnn_heads import use_flatten_mlp_head
+
+        use_flatten_mlp_head(model, options)
+    return model
 
 
 def gradcam_target_layer(model: CNNClassifier) -> nn.Module:
@@ -374,7 +418,37 @@ def make_loss(options: TrainOptions) -> Callable[[torch.Tensor, torch.Tensor], t
         return lambda z, y: sigmoid_focal_loss(
             z, y.float(), alpha=alpha, gamma=gamma, reduction="mean"
         )
+    if options.class_weights is not None:
+        weights = torch.as_tensor(options.class_weights, dtype=torch.float32)
+
+        def weighted_ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            # Keras class_weight: mean over the batch of w_y * CE (no division by sum w_y).
+            ce = nn.functional.cross_entropy(z, y.long(), reduction="none")
+            return (weights.to(z.device)[y.long()] * ce).mean()
+
+        return weighted_ce
     return lambda z, y: nn.functional.cross_entropy(z, y.long())
+
+
+def make_class_sampler(
+    labels: np.ndarray,
+    *,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> WeightedRandomSampler:
+    """Sample with replacement so that each of the K classes present is drawn equally often.
+
+    Weights are ``1 / (K n_c)`` for an image of class c (probabilities sum to 1).
+    """
+    labels = np.asarray(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    w = 1.0 / (len(classes) * counts[inverse])
+    return WeightedRandomSampler(
+        torch.as_tensor(w, dtype=torch.double),
+        num_samples=len(labels) if num_samples is None else num_samples,
+        replacement=True,
+        generator=generator,
+    )
 
 
 def make_sampler(
@@ -398,6 +472,11 @@ def make_sampler(
     generator : torch.Generator, optional
     """
     labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(
+            f"make_sampler is binary (labels 0/1), got labels {sorted(set(labels.tolist()))[:10]}; "
+            "use make_class_sampler for K classes"
+        )
     p = labels.mean()
     if p in (0.0, 1.0):
         raise ValueError("weighted sampling needs both classes in the training labels")
@@ -462,7 +541,11 @@ def _make_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Opti
     if options.optimizer == "adam":
         return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
     return torch.optim.SGD(
-        params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
+        params,
+        lr=options.lr,
+        momentum=options.momentum,
+        weight_decay=options.weight_decay,
+        nesterov=options.nesterov,
     )
 
 
@@ -490,6 +573,8 @@ def _loader(
     if train:
         if options.sampler_positive_fraction is not None:
             sampler = make_sampler(labels, options.sampler_positive_fraction, generator=generator)
+        elif options.sampler_class_balanced:
+            sampler = make_class_sampler(labels, generator=generator)
         else:
             shuffle = True
     n = len(dataset)
@@ -547,6 +632,9 @@ def _val_score(monitor: str, loss: float, probs: np.ndarray, labels: np.ndarray)
         if probs.ndim == 2:
             return float(metrics.skm.roc_auc_score(labels, probs, multi_class="ovr"))
         return metrics.auroc(labels, probs)
+    if monitor == "val_accuracy":
+        pred = probs.argmax(1) if probs.ndim == 2 else (probs >= 0.5).astype(int)
+        return float(np.mean(pred == labels))
     pred = probs.argmax(1) if probs.ndim == 2 else (probs >= 0.5).astype(int)
     return metrics.balanced_accuracy(labels, pred)
 
@@ -579,12 +667,23 @@ def _train_one_epoch(
                 loss = loss_fn(z.float(), y)
         scaler.scale(loss / options.accumulation_steps).backward()
         if (i + 1) % options.accumulation_steps == 0 or i + 1 == n_batches:
+            if options.scheduler == "inverse_time":
+                _inverse_time_lr(optimizer, options)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         total += float(loss.detach()) * len(y)
         count += len(y)
     return total / max(count, 1)
+
+
+def _inverse_time_lr(optimizer: torch.optim.Optimizer, options: TrainOptions) -> None:
+    """Keras' ``decay``: lr = lr0 / (1 + decay k) before update k; k lives in the param group
+    (saved in the optimiser's state dict, so a resumed run continues the schedule)."""
+    for group in optimizer.param_groups:
+        k = group.get("decay_step", 0)
+        group["lr"] = options.lr / (1.0 + options.lr_decay * k)
+        group["decay_step"] = k + 1
 
 
 def _data_fingerprint(*datasets: Dataset) -> str:
