@@ -25,6 +25,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/gcn_mil.smk"
 include: "workflow/rules/sp_graphs.smk"
 include: "workflow/rules/effnet_ham.smk"
+include: "workflow/rules/gradcam_overlap.smk"
 # ---- scorecard, rule graphs, report ----
 include: "workflow/rules/report.smk"
 

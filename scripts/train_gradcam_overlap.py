@@ -1,0 +1,20 @@
+"""Rule train_gradcam_overlap: one 8-class ISIC 2019 classifier (VGG16 or ResNet50) of paper 004."""
+
+from melrepro.papers.gradcam_overlap import train_classifier
+from melrepro.report.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+train_classifier(
+    snakemake.input.manifest,
+    snakemake.input.split,
+    list(snakemake.input.cache),
+    model_key=snakemake.wildcards.model,
+    settings=snakemake.params.settings,
+    checkpoint_dir=snakemake.params.checkpoint_dir,
+    model_path=snakemake.output.model,
+    history_path=snakemake.output.history,
+    predictions_path=snakemake.output.predictions,
+    metrics_path=snakemake.output.metrics,
+    run_info=snakemake.params.run_info,
+    threads=snakemake.threads,
+)
