@@ -50,7 +50,14 @@ def tiny_archives(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("archives")
     for dataset in DATASETS:
-        write_synthetic_archive(dataset, root / dataset, tiny_spec(dataset), seed=11)
+        write_synthetic_archive(
+            dataset,
+            root / dataset,
+            tiny_spec(dataset),
+            seed=11,
+            # isic2019 holds the task-2 twin's images (paper 004): the same tiny ones.
+            task2_spec=tiny_spec("isic2018_task2") if dataset == "isic2019" else None,
+        )
     return root
 
 

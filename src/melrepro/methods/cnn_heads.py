@@ -10,6 +10,7 @@ follows from the input size (VGG16 at 450 px: 512 x 14 x 14 = 100,352; ResNet50 
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,13 +42,15 @@ def _strip_pooling(net: nn.Module, backbone: str) -> None:
         raise ValueError(f"flatten_mlp head is defined for vgg/resnet backbones, not {backbone!r}")
 
 
+def _meta_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` on the meta device: shapes without computation or memory."""
+    return copy.deepcopy(net).to("meta").eval()
+
+
 def flatten_size(net: nn.Module, image_size: int) -> int:
-    """Width of the flattened trunk output for a square ``image_size`` input (one dry forward)."""
-    was_training = net.training
-    net.eval()
+    """Width of the flattened trunk output for a square ``image_size`` input (shape-only forward)."""
     with torch.no_grad():
-        out = net(torch.zeros(1, 3, image_size, image_size))
-    net.train(was_training)
+        out = _meta_copy(net)(torch.zeros(1, 3, image_size, image_size, device="meta"))
     return int(out.flatten(1).shape[1])
 
 
@@ -83,16 +86,14 @@ def keras_layer(model: CNNClassifier, name: str) -> nn.Module:
         raise ValueError(f"no layer {name!r} for {model.backbone_name}; known: {known}") from None
 
 
-def layer_grid(model: CNNClassifier, layer: nn.Module, image_size: int) -> tuple[int, int]:
-    """(height, width) of ``layer``'s output for a square ``image_size`` input."""
+def layer_grid(model: CNNClassifier, name: str, image_size: int) -> tuple[int, int]:
+    """(height, width) of Keras layer ``name``'s output for a square ``image_size`` input."""
     shapes = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model.backbone(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        handle.remove()
-        model.train(was_training)
+    meta = copy.copy(model)
+    meta.backbone = _meta_copy(model.backbone)
+    keras_layer(meta, name).register_forward_hook(
+        lambda _m, _i, out: shapes.append(tuple(out.shape))
+    )
+    with torch.no_grad():
+        meta.backbone(torch.zeros(1, 3, image_size, image_size, device="meta"))
     return shapes[0][-2], shapes[0][-1]

@@ -409,15 +409,17 @@ def task2_plans_for_2019(
 ) -> list[ImagePlan]:
     """The isic2018_task2 twin's plans as ISIC 2019 training images (same pixels, 2019 labels).
 
-    A seeded ``downsampled_fraction`` of them get the id ``<id>_downsampled`` (as in the real
+    A seeded ``downsampled_fraction`` of them (at least one when the fraction is positive) get the id ``<id>_downsampled`` (as in the real
     2019 archive); the pixels are those of the task-2 image of the same plain id.
     """
     plans = plan_dataset("isic2018_task2", resolve_spec("isic2018_task2", task2_spec), seed)
     rng = np.random.default_rng(seed + 19_218)
+    n_down = max(1, round(downsampled_fraction * len(plans))) if downsampled_fraction > 0 else 0
+    down = set(rng.permutation(len(plans))[:n_down].tolist())
     out = []
-    for p in plans:
+    for i, p in enumerate(plans):
         label = TASK2_TO_2019[p.label]
-        suffix = "_downsampled" if rng.uniform() < downsampled_fraction else ""
+        suffix = "_downsampled" if i in down else ""
         out.append(
             dataclasses.replace(
                 p, image_id=p.image_id + suffix, label=label, diagnosis=label, split="train"
