@@ -4,4 +4,6 @@ from melrepro.papers.gradcam_overlap import plot_jaccard_histograms
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
-plot_jaccard_histograms(list(snakemake.input.tables), snakemake.params.label, snakemake.output.figure)
+plot_jaccard_histograms(
+    list(snakemake.input.tables), snakemake.params.label, snakemake.output.figure
+)

@@ -5,5 +5,8 @@ from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 plot_example_masks(
-    snakemake.input.manifest, snakemake.params.folder, snakemake.params.example, snakemake.output.figure
+    snakemake.input.manifest,
+    snakemake.params.folder,
+    snakemake.params.example,
+    snakemake.output.figure,
 )

@@ -22,7 +22,16 @@ from melrepro.methods import saliency, training
 from melrepro.papers import gradcam_overlap as go
 
 #: ISIC 2019 training images per class (the real ground truth CSV; UNK has none).
-REAL_2019 = {"MEL": 4522, "NV": 12875, "BCC": 3323, "AK": 867, "BKL": 2624, "DF": 239, "VASC": 253, "SCC": 628}
+REAL_2019 = {
+    "MEL": 4522,
+    "NV": 12875,
+    "BCC": 3323,
+    "AK": 867,
+    "BKL": 2624,
+    "DF": 239,
+    "VASC": 253,
+    "SCC": 628,
+}
 
 
 def test_class_floor_split_real_counts_give_2529_held_out():
@@ -65,15 +74,26 @@ def test_make_split_class_floor_on_manifest():
     )
     split = make_split(manifest, "class_floor_80_10_10", seed=0)
     counts = split.merge(manifest, on="image_id").groupby(["label", "split"]).size()
-    assert counts[("MEL", "test")] == 2 and counts[("NV", "val")] == 3
+    assert counts[("MEL", "test")] == 2
+    assert counts[("NV", "val")] == 3
 
 
 def test_join_strips_downsampled_and_names_missing_images():
     """Check task-2 ids join ISIC 2019 rows stored as <id>_downsampled, and a missing one is named."""
     t2 = pd.DataFrame(
-        {"image_id": ["ISIC_0000001", "ISIC_0000002"], "width": [10, 12], "height": [8, 9], "shard": [0, 0]}
+        {
+            "image_id": ["ISIC_0000001", "ISIC_0000002"],
+            "width": [10, 12],
+            "height": [8, 9],
+            "shard": [0, 0],
+        }
     )
-    m19 = pd.DataFrame({"image_id": ["ISIC_0000001_downsampled", "ISIC_0000002", "ISIC_9"], "label": ["MEL", "NV", "BCC"]})
+    m19 = pd.DataFrame(
+        {
+            "image_id": ["ISIC_0000001_downsampled", "ISIC_0000002", "ISIC_9"],
+            "label": ["MEL", "NV", "BCC"],
+        }
+    )
     s19 = pd.DataFrame({"image_id": m19["image_id"], "split": ["train", "test", "val"]})
     joined = go.join_task2(t2, m19, s19)
     assert joined["isic2019_id"].tolist() == ["ISIC_0000001_downsampled", "ISIC_0000002"]
@@ -127,8 +147,14 @@ def test_class_weights_and_keras_weighted_ce():
 def test_inverse_time_decay_is_keras_per_step():
     """Check lr before update k is lr0 / (1 + decay k), and the step count survives a state dict."""
     options = training.TrainOptions(
-        optimizer="sgd", lr=0.1, lr_decay=0.5, scheduler="inverse_time", nesterov=True,
-        n_classes=2, loss="ce", sampler_positive_fraction=None,
+        optimizer="sgd",
+        lr=0.1,
+        lr_decay=0.5,
+        scheduler="inverse_time",
+        nesterov=True,
+        n_classes=2,
+        loss="ce",
+        sampler_positive_fraction=None,
     )
     model = nn.Linear(2, 2)
     opt = training._make_optimizer(model, options)
@@ -175,8 +201,13 @@ def test_paper_layer_shapes(backbone, size, layer, grid, flat):
     from melrepro.methods.cnn_heads import keras_layer, layer_grid
 
     options = training.TrainOptions(
-        backbone=backbone, n_classes=8, loss="ce", head="flatten_mlp", head_hidden=4,
-        image_size=size, sampler_positive_fraction=None,
+        backbone=backbone,
+        n_classes=8,
+        loss="ce",
+        head="flatten_mlp",
+        head_hidden=4,
+        image_size=size,
+        sampler_positive_fraction=None,
     )
     model = training.build_model(options)
     assert model.n_flatten == flat
@@ -226,7 +257,9 @@ def test_gradcam_of_known_network_gives_known_map():
 # ---- exact Jaccard from cell counts ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("height", "width", "grid"), [(301, 233, (28, 28)), (397, 584, (8, 8)), (45, 30, (7, 5))])
+@pytest.mark.parametrize(
+    ("height", "width", "grid"), [(301, 233, (28, 28)), (397, 584, (8, 8)), (45, 30, (7, 5))]
+)
 def test_cell_jaccard_equals_brute_force_upsampling(height, width, grid):
     """Check cell-count Jaccard equals nearest upsampling + pixel Jaccard exactly (torch nearest as reference)."""
     rng = np.random.default_rng(height)
@@ -236,7 +269,9 @@ def test_cell_jaccard_equals_brute_force_upsampling(height, width, grid):
     counts = np.stack([mask_cell_counts(m, grid) for m in masks])
     got = saliency.cell_jaccard(s, pixels, counts, go.THRESHOLDS)
     up = s[cell_index(height, grid[0])][:, cell_index(width, grid[1])]
-    ref = nn.functional.interpolate(torch.from_numpy(s)[None, None], size=(height, width), mode="nearest")
+    ref = nn.functional.interpolate(
+        torch.from_numpy(s)[None, None], size=(height, width), mode="nearest"
+    )
     # torch's float index rounding differs from integer arithmetic only on exact cell borders
     assert (ref[0, 0].numpy() != up).mean() < 0.02
     for k, mask in enumerate(masks):
@@ -257,7 +292,8 @@ def test_map_equal_to_cell_aligned_mask_gives_jaccard_one():
     pixels = np.outer(cell_sizes(height, 8), cell_sizes(width, 6))
     j = saliency.cell_jaccard(cells, pixels, mask_cell_counts(mask, grid), go.THRESHOLDS)
     assert np.all(j[1:10] == 1.0)
-    assert j[0] == pytest.approx(mask.mean()) and j[10] == 0.0
+    assert j[0] == pytest.approx(mask.mean())
+    assert j[10] == 0.0
     empty = saliency.cell_jaccard(cells, pixels, np.zeros(grid, int), go.THRESHOLDS)
     assert np.isnan(empty).all()
 
@@ -278,7 +314,9 @@ def test_count_cells_on_twin_matches_masks(tiny_archives, tmp_path):
             assert pixels.sum() == record.width * record.height
             union = np.zeros((record.height, record.width), bool)
             for k, name in enumerate(CHANNELS[:-1]):
-                m = _mask(archive.read(getattr(record, f"attr_{name}_uri")), (record.width, record.height))
+                m = _mask(
+                    archive.read(getattr(record, f"attr_{name}_uri")), (record.width, record.height)
+                )
                 assert masks[k].sum() == m.sum()
                 union |= m.astype(bool)
             assert masks[-1].sum() == union.sum()
@@ -288,9 +326,7 @@ def _task2_manifest(root) -> pd.DataFrame:
     """The task-2 twin's index with the image sizes of its truth (what ingest adds)."""
     from melrepro.data.manifests import index_dataset
 
-    index = index_dataset(root, "isic2018_task2").drop(
-        columns=["width", "height"], errors="ignore"
-    )
+    index = index_dataset(root, "isic2018_task2").drop(columns=["width", "height"], errors="ignore")
     truth = pd.read_csv(root / "synthetic_truth" / "truth.csv")[["image_id", "width", "height"]]
     return index.merge(truth, on="image_id")
 
@@ -306,7 +342,9 @@ def test_mann_whitney_matches_ranks_and_paper_p():
     res = go.mann_whitney(a, b)
     ranks = stats.rankdata(np.concatenate([a, b]))
     u_ranks = ranks[:40].sum() - 40 * 41 / 2
-    assert res["U"] == u_ranks and res["n1"] == 40 and res["n2"] == 30
+    assert res["U"] == u_ranks
+    assert res["n1"] == 40
+    assert res["n2"] == 30
     # The paper's VGG16 MEL row, without ties: the normal approximation with continuity correction.
     n1, n2, u = 279, 158, 28747.5
     z = (u - n1 * n2 / 2 - 0.5) / np.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
@@ -348,8 +386,26 @@ def _paper_predictions(accuracy: dict, sensitivity: dict) -> tuple[list[str], li
 
 def test_table00_from_constructed_predictions_reproduces_paper():
     """Check class_metrics on predictions built from the paper's VGG16 numbers returns those numbers."""
-    acc = {"MEL": 0.845, "NV": 0.827, "BCC": 0.934, "AK": 0.964, "BKL": 0.912, "DF": 0.991, "VASC": 0.995, "SCC": 0.977}
-    sens = {"MEL": 0.659, "NV": 0.755, "BCC": 0.783, "AK": 0.593, "BKL": 0.626, "DF": 0.826, "VASC": 0.880, "SCC": 0.661}
+    acc = {
+        "MEL": 0.845,
+        "NV": 0.827,
+        "BCC": 0.934,
+        "AK": 0.964,
+        "BKL": 0.912,
+        "DF": 0.991,
+        "VASC": 0.995,
+        "SCC": 0.977,
+    }
+    sens = {
+        "MEL": 0.659,
+        "NV": 0.755,
+        "BCC": 0.783,
+        "AK": 0.593,
+        "BKL": 0.626,
+        "DF": 0.826,
+        "VASC": 0.880,
+        "SCC": 0.661,
+    }
     labels, preds = _paper_predictions(acc, sens)
     table = go.class_metrics(labels, preds).set_index("Class")
     for c in go.CLASSES:
@@ -365,8 +421,10 @@ def test_best_threshold_ties_go_low_and_stats_use_ddof1():
     values = np.array([[0.1, 0.3, 0.3], [0.2, 0.5, 0.5]])
     assert go.best_threshold(values) == 1
     s = go.jaccard_stats(values)
-    assert s["J-mean"] == pytest.approx(0.4) and s["J-SD"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
-    assert s["J-min"] == 0.3 and s["J-max"] == 0.5
+    assert s["J-mean"] == pytest.approx(0.4)
+    assert s["J-SD"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
+    assert s["J-min"] == 0.3
+    assert s["J-max"] == 0.5
 
 
 def _oracle_table(counts: dict, labels: dict, source: dict | None = None) -> pd.DataFrame:
@@ -376,7 +434,12 @@ def _oracle_table(counts: dict, labels: dict, source: dict | None = None) -> pd.
         src_pixels, src_masks = counts[(source or {}).get(image_id, image_id)]
         oracle = src_masks[-1] / src_pixels  # the union's fraction of every cell
         jac = saliency.cell_jaccard(oracle, pixels, masks, go.THRESHOLDS)
-        row = {"image_id": image_id, "label": labels[image_id], "correct": True, "isic2019_split": "train"}
+        row = {
+            "image_id": image_id,
+            "label": labels[image_id],
+            "correct": True,
+            "isic2019_split": "train",
+        }
         for k, ch in enumerate(CHANNELS):
             row[f"has__{ch}"] = bool(masks[k].sum() > 0)
             for j, t in enumerate(go.THRESHOLDS):

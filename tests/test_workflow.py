@@ -61,13 +61,21 @@ def test_dry_run_real_config_has_hundreds_of_jobs_without_archives(tmp_path):
     jobs = _jobs(result.stdout + result.stderr)
     total = jobs.pop("total")
     assert 100 < total < 5000
-    # The active papers read isic2017 (10 shards), the archive melanomas (1) and task 3 (40).
-    assert jobs["check_images"] == 10 + 1 + 40
-    assert jobs["ingest_dataset"] == 3
-    files = sum(len(DATASETS[d].files()) for d in ("isic2017", "isic2018_task3"))
+    # The active papers read isic2017 (10 shards), the archive melanomas (1), task 3 (40),
+    # task 2 (9) and isic2019 (85).
+    assert jobs["check_images"] == 10 + 1 + 40 + 9 + 85
+    assert jobs["ingest_dataset"] == 5
+    files = sum(
+        len(DATASETS[d].files())
+        for d in ("isic2017", "isic2018_task3", "isic2018_task2", "isic2019")
+    )
     assert jobs["download_archive_file"] == files
     assert jobs["download_archive_melanomas"] == 1
-    assert jobs["verify_archives"] == 3
+    assert jobs["verify_archives"] == 5
+    # gradcam_overlap: two models; Grad-CAM + Jaccard and cell counts per task-2 shard and grid.
+    assert jobs["train_gradcam_overlap"] == 2
+    assert jobs["compute_gradcam_overlap"] == 2 * 9
+    assert jobs["count_cells"] == 2 * 9
     assert not any(name.startswith("make_synthetic") for name in jobs)
 
 
@@ -164,6 +172,7 @@ EXPECTED_ARTIFACTS = {
     "gcn_mil": [f"table{i:02d}" for i in range(1, 6)] + [f"fig{i:02d}" for i in range(1, 7)],
     "sp_graphs": [f"table{i:02d}" for i in range(1, 13)] + [f"fig{i:02d}" for i in range(1, 7)],
     "effnet_ham": ["table01"] + [f"fig{i:02d}" for i in range(1, 7)],
+    "gradcam_overlap": [f"table{i:02d}" for i in range(7)] + [f"fig{i:02d}" for i in range(1, 6)],
 }
 
 

@@ -199,3 +199,34 @@ def effnet_ham_cache(wildcards):
 def effnet_ham_truth():
     """The synthetic twin's truth (lesion masks for fig06); nothing on real data."""
     return [f"{EFFNET_HAM_TRUTH}/truth.csv"] if SOURCE == "synthetic" else []
+
+
+# ---- gradcam_overlap input functions (GRADCAM and GRADCAM_DIR come from gradcam_overlap.smk) ----
+
+
+def gradcam_model(wildcards):
+    return GRADCAM["models"][wildcards.model]
+
+
+def gradcam_settings(model):
+    """TrainOptions keys (and augment, class_weighting) of one model: train + model overrides."""
+    spec = GRADCAM["models"][model]
+    keys = {"backbone": spec["backbone"], "image_size": spec["image_size"]}
+    return sorted_params({**GRADCAM["train"], **spec.get("train", {}), **keys})
+
+
+def gradcam_cache(wildcards):
+    return cache_shards("isic2019", f"sq{gradcam_model(wildcards)['image_size']}")
+
+
+def gradcam_grid(model):
+    h, w = GRADCAM["models"][model]["grid"]
+    return f"g{h}x{w}"
+
+
+def gradcam_shards(model, kind):
+    folder = f"{GRADCAM_DIR}/overlap/{model}"
+    suffix = "npz" if kind == "maps" else "parquet"
+    return [
+        f"{folder}/{kind}-{k:03d}.{suffix}" for k in range(n_shards("isic2018_task2"))
+    ]

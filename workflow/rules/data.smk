@@ -31,7 +31,9 @@ if SOURCE == "synthetic":
                 seed=config["seed"],
                 # isic2019 also holds the task-2 twin's images (paper 004 joins them).
                 task2_spec=(
-                    sorted_params(config["data"]["synthetic"].get("isic2018_task2", {}))
+                    sorted_params(
+                        config["data"]["synthetic"].get("isic2018_task2", {})
+                    )
                     if _dataset == "isic2019"
                     else None
                 ),

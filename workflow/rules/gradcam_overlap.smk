@@ -17,32 +17,8 @@ ARTIFACTS["gradcam_overlap"] = (
 )
 
 
-def gradcam_model(wildcards):
-    return GRADCAM["models"][wildcards.model]
-
-
-def gradcam_settings(model):
-    """TrainOptions keys (and augment, class_weighting) of one model: train + model overrides."""
-    spec = GRADCAM["models"][model]
-    keys = {"backbone": spec["backbone"], "image_size": spec["image_size"]}
-    return sorted_params({**GRADCAM["train"], **spec.get("train", {}), **keys})
-
-
-def gradcam_cache(wildcards):
-    return cache_shards("isic2019", f"sq{gradcam_model(wildcards)['image_size']}")
-
-
-def gradcam_grid(model):
-    h, w = GRADCAM["models"][model]["grid"]
-    return f"g{h}x{w}"
-
-
-def gradcam_shards(model, kind):
-    folder = f"{GRADCAM_DIR}/overlap/{model}"
-    suffix = "npz" if kind == "maps" else "parquet"
-    return [
-        f"{folder}/{kind}-{k:03d}.{suffix}" for k in range(n_shards("isic2018_task2"))
-    ]
+# Input functions (gradcam_model, gradcam_settings, gradcam_cache, gradcam_grid, gradcam_shards)
+# live in common.smk.
 
 
 if GRADCAM:
@@ -66,7 +42,7 @@ if GRADCAM:
             mem_mb=3000,
             runtime=60,
         params:
-            folder=archive_folder("isic2018_task2"),
+            folder=lambda wc: archive_folder("isic2018_task2"),
         script:
             "../../scripts/count_cells.py"
 
@@ -170,10 +146,12 @@ if GRADCAM:
                 for t in GRADCAM_TABLES
             ],
             supplements=[
-                f"{GRADCAM_DIR}/tables/{t}_test.csv"
-                for t in GRADCAM_TABLES[2:]
+                f"{GRADCAM_DIR}/tables/{t}_test.csv" for t in GRADCAM_TABLES[2:]
             ],
-            fig_csv=[f"{GRADCAM_DIR}/tables/fig04.csv", f"{GRADCAM_DIR}/tables/fig05.csv"],
+            fig_csv=[
+                f"{GRADCAM_DIR}/tables/fig04.csv",
+                f"{GRADCAM_DIR}/tables/fig05.csv",
+            ],
             run_info=f"{GRADCAM_DIR}/tables/run_info.json",
         log:
             "logs/tabulate_gradcam_overlap/tables.log",
@@ -190,7 +168,7 @@ if GRADCAM:
             labels={m: GRADCAM["models"][m]["label"] for m in GRADCAM_MODELS},
             n_shards=n_shards("isic2018_task2"),
             example=GRADCAM["example"],
-            tables_dir=f"{GRADCAM_DIR}/tables",
+            tables_dir=lambda wc, output: str(Path(output.run_info).parent),
             run_info=run_info_params(),
         script:
             "../../scripts/tabulate_gradcam_overlap.py"
@@ -217,7 +195,7 @@ if GRADCAM:
             mem_mb=2000,
             runtime=5,
         params:
-            folder=archive_folder("isic2018_task2"),
+            folder=lambda wc: archive_folder("isic2018_task2"),
             example=GRADCAM["example"],
         script:
             "../../scripts/plot_gradcam_overlap_masks.py"
@@ -245,7 +223,7 @@ if GRADCAM:
             mem_mb=2000,
             runtime=5,
         params:
-            folder=archive_folder("isic2018_task2"),
+            folder=lambda wc: archive_folder("isic2018_task2"),
             models=GRADCAM_MODELS,
             labels={m: GRADCAM["models"][m]["label"] for m in GRADCAM_MODELS},
             example=GRADCAM["example"],
@@ -305,7 +283,7 @@ if GRADCAM:
                 mem_mb=2000,
                 runtime=5,
             params:
-                folder=archive_folder("isic2018_task2"),
+                folder=lambda wc: archive_folder("isic2018_task2"),
                 label=GRADCAM["models"][_model]["label"],
                 example=GRADCAM["example"],
             script:

@@ -102,12 +102,16 @@ def count_cells(
     columns = [f"attr_{name}_uri" for name in ATTRIBUTES]
     missing = [c for c in columns if c not in manifest.columns]
     if missing:
-        raise ValueError(f"manifest has no attribute column(s) {missing}: not an ISIC 2018 task-2 manifest")
+        raise ValueError(
+            f"manifest has no attribute column(s) {missing}: not an ISIC 2018 task-2 manifest"
+        )
     h, w = parse_grid(grid)
     rows = manifest[manifest["shard"] == shard]
     arrays: dict[str, np.ndarray] = {}
     with ArchiveFolder(archive_root) as archive:
-        for record in tqdm(rows.itertuples(index=False), total=len(rows), desc=f"cells {grid}", disable=None):
+        for record in tqdm(
+            rows.itertuples(index=False), total=len(rows), desc=f"cells {grid}", disable=None
+        ):
             height, width = int(record.height), int(record.width)
             counts = np.zeros((len(CHANNELS), h, w), np.int32)
             union = np.zeros((height, width), bool)

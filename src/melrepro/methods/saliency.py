@@ -167,7 +167,12 @@ def gradcam_layer_maps(
             raw.append(cam(input_tensor=batch, targets=targets))
     raw_maps = np.concatenate(raw)
     constant = np.array([float(m.max() - m.min()) <= 1e-6 for m in raw_maps])
-    maps = np.stack([normalize_map(m) if not c else np.zeros_like(m) for m, c in zip(raw_maps, constant, strict=True)])
+    maps = np.stack(
+        [
+            normalize_map(m) if not c else np.zeros_like(m)
+            for m, c in zip(raw_maps, constant, strict=True)
+        ]
+    )
     return maps.astype(np.float32), np.asarray(classes), constant
 
 
@@ -202,8 +207,7 @@ def cell_jaccard(
     total = m.sum(axis=(-2, -1))[..., None]
     union = area + total - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(total > 0, inter / np.maximum(union, 1), np.nan)
-    return out
+        return np.where(total > 0, inter / np.maximum(union, 1), np.nan)
 
 
 def threshold_map(saliency: np.ndarray, threshold: float) -> np.ndarray:

@@ -87,7 +87,9 @@ def class_weights(labels: np.ndarray, n_classes: int) -> list[float]:
     """
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
     if (counts == 0).any():
-        empty = [CLASSES[i] if n_classes == len(CLASSES) else i for i in np.flatnonzero(counts == 0)]
+        empty = [
+            CLASSES[i] if n_classes == len(CLASSES) else i for i in np.flatnonzero(counts == 0)
+        ]
         raise ValueError(f"classes {empty} have no training images; class weights need every class")
     return [float(counts.max() / c) for c in counts]
 
@@ -102,7 +104,9 @@ def _read_cache_subset(paths: Sequence[str | Path], ids: set[str]) -> dict[str, 
                     out[key.split("__", 1)[1]] = data[key]
     missing = sorted(ids - set(out))
     if missing:
-        raise ValueError(f"{len(missing)} images are not in the cache {list(paths)[:2]}..., e.g. {missing[:5]}")
+        raise ValueError(
+            f"{len(missing)} images are not in the cache {list(paths)[:2]}..., e.g. {missing[:5]}"
+        )
     return out
 
 
@@ -129,9 +133,7 @@ def _dihedral8(images: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.nd
     return out, np.repeat(labels, 8)
 
 
-def _datasets(
-    frame: pd.DataFrame, images: dict[str, np.ndarray], augment: str
-) -> dict[str, Any]:
+def _datasets(frame: pd.DataFrame, images: dict[str, np.ndarray], augment: str) -> dict[str, Any]:
     from melrepro.methods import training
 
     out = {}
@@ -197,7 +199,9 @@ def train_classifier(
     manifest = pd.read_parquet(manifest_path)
     split = pd.read_parquet(split_path)[["image_id", "split"]]
     frame = manifest[["image_id", "label"]].merge(split, on="image_id", how="inner")
-    frame = frame[frame["split"].isin(_SPLITS) & frame["label"].isin(CLASSES)].reset_index(drop=True)
+    frame = frame[frame["split"].isin(_SPLITS) & frame["label"].isin(CLASSES)].reset_index(
+        drop=True
+    )
     frame["image_id"] = frame["image_id"].astype(str)
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     train_y = frame.loc[frame["split"] == "train", "y"].to_numpy()
@@ -230,7 +234,11 @@ def train_classifier(
         frame.groupby("split").size().to_dict(),
     )
     result = training.train_model(
-        data["train"], data["val"], options, checkpoint_dir=checkpoint_dir, history_path=history_path
+        data["train"],
+        data["val"],
+        options,
+        checkpoint_dir=checkpoint_dir,
+        history_path=history_path,
     )
     device = torch.device(result.device)
     parts = []
@@ -305,6 +313,7 @@ def join_task2(
     ValueError
         Task-2 images without an ISIC 2019 row (named).
     """
+
     def read(x: Any) -> pd.DataFrame:
         return x if isinstance(x, pd.DataFrame) else pd.read_parquet(x)
 
@@ -316,9 +325,7 @@ def join_task2(
     m19["image_id"] = m19["isic2019_id"].str.removesuffix("_downsampled")
     frame = t2[["image_id", "width", "height", "shard"]].copy()
     frame["image_id"] = frame["image_id"].astype(str)
-    frame = frame.merge(
-        m19.rename(columns={"split": "isic2019_split"}), on="image_id", how="left"
-    )
+    frame = frame.merge(m19.rename(columns={"split": "isic2019_split"}), on="image_id", how="left")
     missing = frame.loc[frame["isic2019_id"].isna(), "image_id"].tolist()
     if missing:
         raise ValueError(
@@ -368,9 +375,14 @@ def compute_overlap(
     model = training.load_model(model_path, options)
     target = cnn_heads.keras_layer(model, layer)
     images = _read_cache_subset(cache_paths, set(rows["isic2019_id"]))
-    x = torch.stack(
-        [torch.from_numpy(images[i]).permute(2, 0, 1) for i in rows["isic2019_id"]]
-    ).to(torch.float32) / 255.0 if len(rows) else torch.zeros(0, 3, 1, 1)
+    x = (
+        torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in rows["isic2019_id"]]).to(
+            torch.float32
+        )
+        / 255.0
+        if len(rows)
+        else torch.zeros(0, 3, 1, 1)
+    )
     if len(rows):
         maps, classes, constant = saliency.gradcam_layer_maps(
             model, x, target, batch_size=batch_size
@@ -457,7 +469,13 @@ def jaccard_stats(values: np.ndarray, at: int | None = None) -> dict[str, float]
     """Best threshold (or ``at``), J-min, J-mean, J-SD (ddof 1) and J-max of (n, T) values."""
     j = best_threshold(values) if at is None else at
     if j < 0 or len(values) == 0:
-        return {"Best Thr.": np.nan, "J-min": np.nan, "J-mean": np.nan, "J-SD": np.nan, "J-max": np.nan}
+        return {
+            "Best Thr.": np.nan,
+            "J-min": np.nan,
+            "J-mean": np.nan,
+            "J-SD": np.nan,
+            "J-max": np.nan,
+        }
     col = values[:, j]
     return {
         "Best Thr.": THRESHOLDS[j],
@@ -575,10 +593,9 @@ def tabulate(
     example : str
         The task-2 image of fig04/fig05 (``ISIC_0000013`` on the real data).
     """
+    from melrepro.report.runinfo import write_run_info
     from melrepro.report.scorecard import read_paper_values
     from melrepro.report.tables import write_table
-
-    from melrepro.report.runinfo import write_run_info
 
     tables_dir = Path(tables_dir)
     models = list(predictions)
@@ -610,7 +627,9 @@ def tabulate(
     paper_n = paper[paper["artifact"].isin(["table04", "table05"]) & (paper["column"] == "count")]
     for subset_name, restrict in (("", None), ("_test", "test")):
         mw_rows = []
-        for key, table_id, group_id in zip(models, ("table02", "table03"), ("table04", "table05"), strict=False):
+        for key, table_id, group_id in zip(
+            models, ("table02", "table03"), ("table04", "table05"), strict=False
+        ):
             table = overlap[key]
             if restrict:
                 table = table[table["isic2019_split"] == restrict]
@@ -627,11 +646,13 @@ def tabulate(
                     n = paper_n[paper_n["artifact"] == group_id].set_index("row")["value"]
                     n1, n2 = n.get(f"{cls}-correct"), n.get(f"{cls}-wrong")
                     mw.loc[i, "paper U"] = float(u.iloc[0]) if len(u) else np.nan
-                    mw.loc[i, "paper U exceeds paper n1 n2"] = (
-                        bool(len(u) and n1 is not None and float(u.iloc[0]) > n1 * n2)
+                    mw.loc[i, "paper U exceeds paper n1 n2"] = bool(
+                        len(u) and n1 is not None and float(u.iloc[0]) > n1 * n2
                     )
             mw_rows.append(mw)
-        out[f"table06{subset_name}"] = pd.concat(mw_rows, ignore_index=True).set_index(["Model", "Vs."])
+        out[f"table06{subset_name}"] = pd.concat(mw_rows, ignore_index=True).set_index(
+            ["Model", "Vs."]
+        )
 
     for key, fig_id in zip(models, ("fig04", "fig05"), strict=False):
         row = overlap[key][overlap[key]["image_id"] == example]
@@ -694,7 +715,9 @@ def _read_image(archive_root: str | Path, uri: str, grey: bool = False) -> np.nd
         return np.asarray(im.convert("L" if grey else "RGB"))
 
 
-def _example_masks(manifest_path: str | Path, archive_root: str | Path, example: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _example_masks(
+    manifest_path: str | Path, archive_root: str | Path, example: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     from melrepro.data.layouts import ATTRIBUTES
 
     record = _example_record(manifest_path, example)
