@@ -618,8 +618,8 @@ def tabulate(
         "MEL": int((mel_nv["label"] == "MEL").sum()),
         "NV": int((mel_nv["label"] == "NV").sum()),
         "All task-2 images": len(first),
-        "Constant maps": int(first["constant_map"].sum()),
     }
+    counts |= {f"Constant maps {labels[k]}": int(overlap[k]["constant_map"].sum()) for k in models}
     out["table01"] = pd.DataFrame([{"Images": "MEL+NV", **counts}]).set_index("Images")
 
     paper = read_paper_values(paper_values_path)
