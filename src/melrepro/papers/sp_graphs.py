@@ -113,6 +113,9 @@ class ExtractionSettings:
         exactly n regions (see :mod:`melrepro.methods.superpixels`).
     mm_delta, mm_gamma, mm_tol, mm_max_iter : float, int
         δ, γ, ε of Algorithm 1 and an iteration cap.
+    mm_support_cut : float
+        Learned weights below this fraction of the graph's largest weight are set to 0 (after
+        the projected-Newton refinement; see :func:`melrepro.methods.graph_weights.learn_weights_mm`).
     gft_signal : mapping
         Node signal column whose graph Fourier transform is taken, per signal type.
     conventional_size : int
@@ -135,10 +138,14 @@ class ExtractionSettings:
     compactness: float = 10.0
     sigma: float = 0.0
     slic_oversample: float = 2.0
+    # DEVIATION: the paper gives no δ, γ, ε; 1, 1, 1e-6 are ours
     mm_delta: float = 1.0
     mm_gamma: float = 1.0
     mm_tol: float = 1e-6
     mm_max_iter: int = 10000
+    # DEVIATION: the support cut is ours (the paper's MM iterate never has an exact zero)
+    mm_support_cut: float = 1e-6
+    # DEVIATION: the paper does not say which signal column its GFT transforms
     gft_signal: Mapping[str, str] = field(
         default_factory=lambda: {
             "geometric": "area",
@@ -147,6 +154,7 @@ class ExtractionSettings:
         }
     )
     conventional_size: int = 256
+    # DEVIATION: the lesion crop (Otsu box) is ours; the paper only says "each lesion" is subdivided
     crop_to_lesion: bool = True
     crop_margin: float = 0.1
 
@@ -192,13 +200,15 @@ def lesion_box(image: np.ndarray, *, margin: float = 0.1) -> tuple[slice, slice]
 
 
 def _weights(x: np.ndarray, weighting: str, s: ExtractionSettings) -> np.ndarray:
+    # DEVIATION: signals are z-scored per graph before Eq. 1 (the paper does not scale them)
     xs = standardize_signals(x)
     if weighting == "gaussian":
         return gaussian_weights(xs)
     if weighting == "learned":
         return learn_weights_mm(
-            xs, delta=s.mm_delta, gamma=s.mm_gamma, tol=s.mm_tol, max_iter=s.mm_max_iter
-        ).weights
+            xs, delta=s.mm_delta, gamma=s.mm_gamma, tol=s.mm_tol, max_iter=s.mm_max_iter,
+            support_cut=s.mm_support_cut,
+        ).weights  # fmt: skip
     raise ValueError(f"unknown weighting {weighting!r}; choose gaussian or learned")
 
 
