@@ -20,6 +20,7 @@ Artifact index (id: function that writes it):
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "SIGNALS",
     "TABLES",
     "cross_validate_table",
+    "edge_density",
     "extract_features_shard",
     "image_features",
     "lesion_box",
@@ -85,6 +87,10 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "table10": ("shg", "learned", "color"),
     "table11": ("seg", "learned", "color"),  # fused, pruned at every tau
 }
+
+
+#: Column of tables 1-11 holding the mean edge density (%) of the graphs behind each row.
+EDGE_DENSITY = "Edge density (%)"
 
 
 def variant_key(graph: str, weighting: str, signal: str, tau: float, n: int) -> str:
@@ -441,6 +447,16 @@ def table_feature_sets(
     return sets
 
 
+def edge_density(x: np.ndarray, names: Sequence[str]) -> float:
+    """Mean edge density (%) of the graphs behind a feature set: its ``n<k>:D`` columns.
+
+    The learned graphs' sparsity: the mean over images and levels of the density feature ``D``
+    (edges with ``w > 0`` over ``n(n-1)/2``); ``nan`` for a set without graph features.
+    """
+    cols = [i for i, name in enumerate(names) if re.fullmatch(r"n\d+:D", name)]
+    return float(100 * x[:, cols].mean()) if cols else float("nan")
+
+
 def cross_validate_table(
     feature_files: Sequence[str | Path],
     manifests: Sequence[str | Path],
@@ -476,7 +492,9 @@ def cross_validate_table(
             sets, y, classifiers=tuple(classifiers), protocol=protocol, n_splits=n_splits,
             settings=settings, seed=seed,
         )  # fmt: skip
-        frames_m.append(res.metrics.assign(source=src, protocol=protocol))
+        density = {label: edge_density(x, names) for label, (x, names) in sets.items()}
+        frames_m.append(res.metrics.assign(source=src, protocol=protocol,
+                                           edge_density=res.metrics["feature_set"].map(density)))  # fmt: skip
         frames_s.append(res.selection.assign(source=src, protocol=protocol))
     for frames, out in ((frames_m, metrics_out), (frames_s, selection_out)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -493,7 +511,11 @@ def _results_table(metrics: pd.DataFrame, row_name: str) -> pd.DataFrame:
     order_sets = list(dict.fromkeys(metrics["feature_set"]))
     idx = pd.MultiIndex.from_product([order_sets, list(METRICS)], names=[row_name, "Metric"])
     cols = [c for c in CLASSIFIERS if c in wide.columns]
-    return wide.reindex(index=idx, columns=cols).round(2)
+    out = wide.reindex(index=idx, columns=cols)
+    if "edge_density" in metrics.columns:  # the graphs' sparsity, one value per feature set
+        density = metrics.groupby("feature_set", sort=False)["edge_density"].first()
+        out[EDGE_DENSITY] = density.reindex(out.index.get_level_values(0)).to_numpy()
+    return out.round(2)
 
 
 def _best_fused(metrics: pd.DataFrame) -> pd.Series:
