@@ -353,3 +353,21 @@ def test_default_spec_gives_every_class_enough_images() -> None:
         assert all(counts[split][c] > 0 for c in CLASSES["isic2017"])
     for c in CLASSES["isic2017"]:
         assert counts["train"][c] >= 10
+
+
+def test_difficulty_repaints_a_share_of_lesions_and_changes_nothing_else() -> None:
+    """Check class overlap: isic2017 at its default difficulty paints ~30 % of lesions in a
+    confusable style and keeps ids, labels, splits and scenes of difficulty 0."""
+    from melrepro.data.synthetic.plan import plan_dataset
+
+    spec = resolve_spec("isic2017", {"counts": {"train": {"melanoma": 150, "nevus": 150}}})
+    assert spec["difficulty"] == 0.3
+    hard = plan_dataset("isic2017", spec, seed=0)
+    easy = plan_dataset("isic2017", {**spec, "difficulty": 0.0}, seed=0)
+    assert [(p.image_id, p.label, p.split, p.scene) for p in hard] == [
+        (p.image_id, p.label, p.split, p.scene) for p in easy
+    ]
+    assert all(p.style == p.label for p in easy)  # isic2017 classes are painted as themselves
+    swapped = np.array([p.style != p.label for p in hard])
+    assert 0.2 < swapped.mean() < 0.4
+    assert {p.style for p in hard if p.label == "nevus" and p.style != "nevus"} == {"melanoma"}
