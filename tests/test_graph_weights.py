@@ -207,7 +207,9 @@ def twin_node_signals(levels: tuple[int, ...] = (20, 60)) -> list[np.ndarray]:
     for k, style in enumerate(("melanoma", "nevus", "seborrheic_keratosis")):
         rng = np.random.default_rng(100 + k)
         lesion = draw.sample_lesion(style, rng)
-        img = draw.render(lesion, draw.sample_view(rng), draw.sample_scene(rng, 192, 144, spec)).image
+        img = draw.render(
+            lesion, draw.sample_view(rng), draw.sample_scene(rng, 192, 144, spec)
+        ).image
         maps = pixel_maps(img)
         for labels in superpixel_ensemble(img, levels, lab=maps.slic_lab).values():
             out.extend(node_signals(maps, labels).values())

@@ -242,9 +242,13 @@ def merge_pairs(
         size = np.bincount(owner, minlength=k)  # input regions held by each current region
         flat = current.ravel()
         counts = np.bincount(flat, minlength=k).astype(float)
-        means = np.stack(
-            [np.bincount(flat, weights=lab[..., c].ravel(), minlength=k) for c in range(3)], axis=1
-        ) / np.maximum(counts, 1)[:, None]
+        means = (
+            np.stack(
+                [np.bincount(flat, weights=lab[..., c].ravel(), minlength=k) for c in range(3)],
+                axis=1,
+            )
+            / np.maximum(counts, 1)[:, None]
+        )
         ii, jj = np.nonzero(np.triu(region_adjacency(current, k)))
         if ii.size == 0:
             raise ValueError("no adjacent regions left to merge")

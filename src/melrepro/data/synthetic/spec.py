@@ -64,15 +64,16 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
             {"min_height": 1000, "max_height": 1800, "count": 14},
             {"min_height": 2000, "max_height": 2400, "count": 6},
         ],
-        # sp_graphs' default tables must not saturate (issue 12): classes overlap as real lesions do
-        difficulty=0.3,
+        # sp_graphs' default tables must not saturate (issue 12): classes overlap as real lesions do;
+        # 0.12 caps the AUC of a perfect classifier of appearance at 88 % (0.3 gave 55-71 %)
+        difficulty=0.12,
     ),
     "isic_archive_melanoma": _spec(
         {"train": {"melanoma": 20}},
         min_height=320,
         max_height=450,
         aspect_ratios=[1.333, 1.5],
-        difficulty=0.3,
+        difficulty=0.12,
     ),
     "isic2018_task2": _spec(
         {"train": {"melanoma": 20, "seborrheic_keratosis": 10, "nevus": 30}},
