@@ -658,6 +658,8 @@ def _draw_graph(ax: Any, image: np.ndarray, labels: np.ndarray, w: np.ndarray, t
     cx = np.bincount(labels.ravel(), cols.ravel(), minlength=n) / counts
     ax.imshow(image, alpha=0.6)
     iu, ju = np.triu_indices(n, k=1)
+    carry = w[iu, ju] > 0  # a learned graph is sparse: draw only the edges that carry weight
+    iu, ju = iu[carry], ju[carry]
     vals = w[iu, ju]
     norm = mpl.colors.Normalize(vmin=float(vals.min()), vmax=float(vals.max()))
     cmap = mpl.colormaps["coolwarm"]
