@@ -37,6 +37,7 @@ _COMMON: dict[str, Any] = {
     "missing_metadata": 0.03,
     "jpeg_quality": 90,
     "max_render_side": 1024,
+    "class_overlap": 0.0,
 }
 
 
@@ -199,6 +200,14 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         "size; masks are drawn at full size.",
         128,
         8192,
+    ),
+    "class_overlap": (
+        {"type": "number"},
+        "Fraction of lesions painted in the style of a class of the other malignancy group "
+        "(their label is kept), so that class signals overlap as real lesions do; 0 keeps every "
+        "class in its own style (isic2018_task3 only).",
+        0,
+        0.5,
     ),
     "duplicates": (
         {"type": "integer"},
