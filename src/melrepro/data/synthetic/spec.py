@@ -37,7 +37,6 @@ _COMMON: dict[str, Any] = {
     "missing_metadata": 0.03,
     "jpeg_quality": 90,
     "max_render_side": 1024,
-    "class_overlap": 0.0,
 }
 
 
@@ -85,6 +84,7 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         max_height=450,
         aspect_ratios=[1.333],
         images_per_lesion=1.4,
+        class_overlap=0.0,
     ),
     "isic2019": _spec(
         {
