@@ -53,7 +53,7 @@ def _take_fold(
         ratio = Fraction(fraction).limit_denominator(resolution)
         take, n_splits = max(1, ratio.numerator), max(2, ratio.denominator)
     # Few groups (tiny data): fewer, larger folds rather than a failure.
-    if n_splits > n_groups:
+    if n_splits > min(n_groups, np.unique(y, return_counts=True)[1].max()):
         take, n_splits = 1, min(max(2, round(1.0 / fraction)), n_groups)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     mask = np.zeros(len(y), dtype=bool)
