@@ -51,6 +51,7 @@ __all__ = [
     "make_sampler",
     "mixup_batch",
     "predict",
+    "recalibrate_batchnorm",
     "train_model",
 ]
 
@@ -60,7 +61,7 @@ BACKBONES = ("efficientnet_b0", "resnet18", "resnet50", "vgg16")
 LOSSES = ("bce", "focal", "ce")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "none")
-MONITORS = ("val_auroc", "val_loss", "val_balanced_accuracy")
+MONITORS = ("val_auroc", "val_loss", "val_balanced_accuracy", "last_epoch")
 
 
 @dataclass
@@ -111,7 +112,7 @@ class TrainOptions:
         Stop after this many epochs without improvement of ``monitor``; None never stops early.
     monitor : str
         Validation metric that picks the best checkpoint: ``"val_auroc"``, ``"val_loss"`` or
-        ``"val_balanced_accuracy"``.
+        ``"val_balanced_accuracy"``; ``"last_epoch"`` keeps the last epoch (no selection).
     seed : int
     device : str
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
@@ -121,6 +122,11 @@ class TrainOptions:
         ``torch.set_num_threads``; None leaves torch's default.
     deterministic : bool
         ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking.
+    bn_recalibration : int
+        Before every validation, recompute the BatchNorm running statistics of the current
+        weights from this many training batches ("precise BN", :func:`recalibrate_batchnorm`);
+        0 keeps PyTorch's running averages. Not in any paper: with few optimiser steps the
+        running averages lag the weights and eval-mode outputs collapse to a constant.
     """
 
     backbone: str = "efficientnet_b0"
@@ -153,6 +159,7 @@ class TrainOptions:
     num_workers: int = 0
     threads: int | None = None
     deterministic: bool = True
+    bn_recalibration: int = 0
 
     def __post_init__(self) -> None:
         choices = {
@@ -177,6 +184,8 @@ class TrainOptions:
             raise ValueError(f"sampler_positive_fraction must be in (0, 1) or None, got {f}")
         if self.accumulation_steps < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("accumulation_steps, epochs and batch_size must be >= 1")
+        if self.bn_recalibration < 0:
+            raise ValueError(f"bn_recalibration must be >= 0, got {self.bn_recalibration}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainOptions:
@@ -197,6 +206,8 @@ class TrainOptions:
         d = self.to_dict()
         for k in ("device", "num_workers", "threads"):
             d.pop(k)
+        if not d["bn_recalibration"]:  # the default: fingerprints of older runs stay valid
+            d.pop("bn_recalibration")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -539,6 +550,58 @@ def evaluate(
     return loss, _probabilities(logits.double()).numpy(), labels.numpy()
 
 
+def recalibrate_batchnorm(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    *,
+    options: TrainOptions,
+    device: torch.device,
+    n_batches: int,
+    seed: int = 0,
+) -> int:
+    """Recompute every BatchNorm layer's running mean and variance for the current weights.
+
+    The statistics are reset and re-estimated as an exact average (``momentum=None``) over
+    ``n_batches`` training batches (the training loader: sampler and augmentation), with the
+    rest of the network in eval mode (no dropout or stochastic depth), as in "precise BN"
+    (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"). Parameters are not touched.
+
+    Returns
+    -------
+    int
+        Number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or n_batches <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    loader = _loader(
+        dataset,
+        options.batch_size,
+        options=options,
+        seed=seed,
+        train=True,
+        labels=dataset.labels,
+    )
+    seen = 0
+    with torch.no_grad():
+        for i, (x, _, meta) in enumerate(loader):
+            if i >= n_batches:
+                break
+            _forward(model, x.to(device), meta.to(device))
+            seen += len(x)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return seen
+
+
 def _val_score(monitor: str, loss: float, probs: np.ndarray, labels: np.ndarray) -> float:
     """The monitored value, oriented so that larger is better."""
     if monitor == "val_loss":
@@ -693,13 +756,31 @@ def _resume(run: _Run, last_path: Path) -> tuple[int, bool]:
 
 
 def _validate(
-    run: _Run, val_dataset: Dataset, options: TrainOptions, epoch: int, best_path: Path
+    run: _Run,
+    val_dataset: Dataset,
+    options: TrainOptions,
+    epoch: int,
+    best_path: Path,
+    train_dataset: Dataset | None = None,
 ) -> tuple[float, float, bool]:
     """Validation loss and monitored score; saves ``best_path`` when the score improves."""
+    if options.bn_recalibration and isinstance(train_dataset, ArrayDataset):
+        recalibrate_batchnorm(
+            run.model,
+            train_dataset,
+            options=options,
+            device=run.device,
+            n_batches=options.bn_recalibration,
+            seed=_epoch_seed(options.seed, epoch) + 2,
+        )
     val_loss, probs, labels = evaluate(
         run.model, val_dataset, options=options, device=run.device, loss_fn=run.loss_fn
     )
-    score = _val_score(options.monitor, val_loss, probs, labels)
+    score = (
+        float(epoch)
+        if options.monitor == "last_epoch"
+        else _val_score(options.monitor, val_loss, probs, labels)
+    )
     # A NaN score (e.g. AUROC of a one-class validation set) never improves, but the
     # first epoch is always kept so that a best checkpoint exists.
     improved = bool(score > run.best_score) or run.best_epoch == 0
@@ -745,7 +826,9 @@ def _run_epoch(
         generator=torch.Generator().manual_seed(seed + 1),
     )
     run.scheduler.step()
-    val_loss, score, improved = _validate(run, val_dataset, options, epoch, best_path)
+    val_loss, score, improved = _validate(
+        run, val_dataset, options, epoch, best_path, train_dataset=train_dataset
+    )
     row = {
         "epoch": epoch,
         "train_loss": train_loss,

@@ -186,6 +186,25 @@ def _style(dataset: str, label: str, rng: np.random.Generator) -> tuple[str, str
     return _STYLE[label], diagnosis
 
 
+#: Malignant classes per dataset for ``class_overlap`` (the archive's benign_malignant field).
+_MALIGNANT_CLASSES = {"isic2018_task3": ("MEL", "BCC", "AKIEC")}
+
+
+def _overlap_style(
+    dataset: str, label: str, overlap: float, rng: np.random.Generator
+) -> str | None:
+    """With probability ``overlap``, the style of a random class of the other malignancy group."""
+    if overlap <= 0:
+        return None
+    if dataset not in _MALIGNANT_CLASSES:
+        raise ValueError(f"class_overlap is only defined for {sorted(_MALIGNANT_CLASSES)}")
+    if rng.uniform() >= overlap:
+        return None
+    malignant = _MALIGNANT_CLASSES[dataset]
+    others = [c for c in CLASSES[dataset] if (c in malignant) != (label in malignant)]
+    return _style(dataset, str(rng.choice(others)), rng)[0]
+
+
 def _group_sizes(n: int, mean: float, rng: np.random.Generator) -> list[int]:
     """Split ``n`` images into groups of 1 + Poisson(mean - 1) images."""
     sizes = []
@@ -236,12 +255,18 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
     layout = DATASETS[dataset]
     # 1. lesions of every split, each with its class, style and number of images
     by_split: dict[str, list[dict[str, Any]]] = {}
+    # Its own stream, so that class_overlap = 0 leaves every other draw as it was.
+    overlap_rng = np.random.default_rng([seed, SEED_OFFSET[dataset], 12])
+    overlap = float(spec.get("class_overlap", 0.0))
     for image_set in layout.image_sets:
         lesions = []
         for label in CLASSES[dataset]:
             n = int(spec["counts"].get(image_set.split, {}).get(label, 0))
             for k in _group_sizes(n, spec["images_per_lesion"], rng):
                 style, diagnosis = _style(dataset, label, rng)
+                swapped = _overlap_style(dataset, label, overlap, overlap_rng)
+                if swapped is not None:
+                    style = swapped
                 lesions.append({"label": label, "style": style, "diagnosis": diagnosis, "n": k})
         by_split[image_set.split] = [lesions[i] for i in rng.permutation(len(lesions))]
 

@@ -91,6 +91,7 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         max_height=450,
         aspect_ratios=[1.333],
         images_per_lesion=1.4,
+        class_overlap=0.0,
     ),
     "isic2019": _spec(
         {
@@ -214,6 +215,14 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         "size; masks are drawn at full size.",
         128,
         8192,
+    ),
+    "class_overlap": (
+        {"type": "number"},
+        "Fraction of lesions painted in the style of a class of the other malignancy group "
+        "(their label is kept), so that class signals overlap as real lesions do; 0 keeps every "
+        "class in its own style (isic2018_task3 only).",
+        0,
+        0.5,
     ),
     "duplicates": (
         {"type": "integer"},
