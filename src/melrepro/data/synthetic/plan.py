@@ -249,9 +249,9 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
     """Draw the population of ``dataset`` (``spec`` already resolved): one plan per image, in
     id order (official splits in layout order, classes shuffled within a split)."""
     rng = np.random.default_rng(seed + SEED_OFFSET[dataset])
-    # class overlap draws come from their own stream: difficulty 0 leaves every other draw as is
+    # difficulty draws come from their own stream: difficulty 0 leaves every other draw as is
     difficulty = float(spec.get("difficulty", 0.0))
-    overlap_rng = np.random.default_rng([seed + SEED_OFFSET[dataset], 12])
+    difficulty_rng = np.random.default_rng([seed + SEED_OFFSET[dataset], 12])
     layout = DATASETS[dataset]
     # 1. lesions of every split, each with its class, style and number of images
     by_split: dict[str, list[dict[str, Any]]] = {}
@@ -291,8 +291,8 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
             weights = _SITE_WEIGHTS[sex] * _SITE_FACTOR.get(les["style"], 1)
             site = str(rng.choice(_SITES, p=weights / weights.sum()))
             painted = les["style"]
-            if difficulty > 0 and painted in _OVERLAP and overlap_rng.uniform() < difficulty:
-                painted = str(overlap_rng.choice(_OVERLAP[painted]))
+            if difficulty > 0 and painted in _OVERLAP and difficulty_rng.uniform() < difficulty:
+                painted = str(difficulty_rng.choice(_OVERLAP[painted]))
             les["painted"] = painted
             lesion = sample_lesion(painted, np.random.default_rng(int(rng.integers(2**62))))
             extra = {}
