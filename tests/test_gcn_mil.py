@@ -96,6 +96,7 @@ def features(dataset):
             dataset["manifest"],
             dataset["split"],
             root / f"features/shard-{k:03d}.pt",
+            root / f"features/shard-{k:03d}_zero.pt",
             bags=BAGS,
             seed=1,
             device="cpu",
@@ -103,6 +104,12 @@ def features(dataset):
         )
         for k, cache in enumerate(dataset["caches"])
     ]
+
+
+@pytest.fixture(scope="module")
+def zero_features(features):
+    """The 0-degree feature files written beside the shards."""
+    return [p.with_name(f"{p.stem}_zero.pt") for p in features]
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +135,13 @@ def trained(dataset, features):
 
 
 @pytest.fixture(scope="module")
-def evaluated(dataset, features, trained):
+def evaluated(dataset, zero_features, trained):
     root = dataset["root"] / "evaluation"
     out = []
     for run, model in enumerate(trained):
         names = [root / f"run-{run}_{n}" for n in ("p.csv", "sweep.csv", "m.json", "s.npz")]
         metrics = gcn_mil.evaluate_gcn_mil(
-            model, features, dataset["caches"], *names, device="cpu", threads=1
+            model, zero_features, dataset["caches"], *names, device="cpu", threads=1
         )
         out.append((metrics, names))
     return out
@@ -149,13 +156,23 @@ def test_extract_features_makes_one_bag_per_dr_angle(dataset, features):
         expected = 360 // BAGS["rotation_steps"][row["label"]] if row["split"] == "train" else 1
         assert per_image[image_id] == expected
     coords = mil.block_grid(*SIZE, block_size=16, stride=8)
+    graphs = gcn_mil.BagGraphs("block")
+    reference = mil.block_adjacency(mil.block_centres(coords, 16), 16)
     for bag in bags:
         np.testing.assert_array_equal(bag["coords"].numpy(), coords)
         assert bag["features"].shape == (len(coords), 512)
-        assert bag["edge_index"].shape[1] > 0
-    info = json.loads((features[0].parent / "run_info.json").read_text())
-    assert info["weights"] == "random-init"
-    assert info["working_block_size"] == 16
+        assert bag["features"].dtype == torch.float16
+        np.testing.assert_array_equal(graphs(bag).numpy(), reference)
+    # One grid, so one stored coordinate array and one edge list for every bag.
+    for path in features:
+        assert len({id(b["coords"]) for b in gcn_mil.load_bags([path])}) == 1
+    assert len(graphs._edges) == 1
+    for path in features:
+        info = json.loads(path.with_name(f"{path.stem}_run_info.json").read_text())
+        assert info["weights"] == "random-init"
+        assert info["working_block_size"] == 16
+        assert info["n_bags"] == len(gcn_mil.load_bags([path]))
+    assert not (features[0].parent / "run_info.json").exists()
 
 
 def _centred_disc_jaccard(mask):
@@ -276,7 +293,7 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
         torch.testing.assert_close(resumed[key], value)
 
 
-def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tmp_path):
+def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluated, tmp_path):
     tables = {f"table{i:02d}": tmp_path / f"tables/table{i:02d}.csv" for i in range(1, 6)}
     from melrepro.report.tables import read_table
 
@@ -284,7 +301,8 @@ def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tm
     gcn_mil.tabulate_gcn_mil(
         dataset["manifest"],
         dataset["split"],
-        [names[2] for _, names in evaluated],
+        # Two readings: both runs as "block", run 1 alone as "stride" (the layout is what is tested).
+        {"block": [names[2] for _, names in evaluated], "stride": [evaluated[1][1][2]]},
         paper_values,
         tables,
         bags=BAGS,
@@ -295,10 +313,24 @@ def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tm
     assert table1.loc["DR", "Nevus"] == 8 * 2
     table3 = read_table(tables["table03"], 1)
     assert table3.loc["Test"].tolist() == [4, 4, 4]
-    table5 = read_table(tables["table05"], 1)
+    table5 = read_table(tables["table05"], 2)
     mean_auc = np.mean([m["auc"] for m, _ in evaluated])
-    assert table5.loc[gcn_mil.OUR_ROW, "AUC"] == pytest.approx(mean_auc)
-    assert table5.loc["LIN [9]", "JA"] == pytest.approx(0.753)
+    assert table5.loc[(gcn_mil.OUR_ROW, "block"), "AUC"] == pytest.approx(mean_auc)
+    assert table5.loc[(gcn_mil.OUR_ROW, "stride"), "AUC"] == pytest.approx(evaluated[1][0]["auc"])
+    assert table5.loc[(gcn_mil.OUR_ROW, "stride"), "AUC SD"] == 0.0
+    assert table5.loc[("LIN [9]", "cited"), "JA"] == pytest.approx(0.753)
+    assert table5.loc[(gcn_mil.OUR_ROW, "paper"), "AUC"] == pytest.approx(0.930)
+    # Printed values keep the paper's digits: 0.840 (ResNet101 accuracy), 0.930 (its own AUC).
+    raw = pd.read_csv(tables["table05"], dtype=str).set_index(["Models", "reading"])
+    assert raw.loc[("ResNet101 [20]", "cited"), "Accuracy"] == "0.840"
+    assert raw.loc[(gcn_mil.OUR_ROW, "paper"), "AUC"] == "0.930"
+    # The scorecard finds one reproduced value per reading of Eq. 1.
+    from melrepro.report.scorecard import score_paper
+
+    card = score_paper(paper_values, tables["table05"].parent, data_source="synthetic")
+    card5 = card[card["artifact"] == "table05"]
+    assert set(card5["row"]) == {f"{gcn_mil.OUR_ROW} / block", f"{gcn_mil.OUR_ROW} / stride"}
+    assert card5["reproduced_value"].notna().all()
     assert read_table(tables["table02"], 1).loc["19", "out_channels"] == MODEL["hidden_channels"]
     assert len(read_table(tables["table04"], 1)) == 11
 
@@ -308,7 +340,7 @@ def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tm
         dataset["manifest"],
         dataset["split"],
         dataset["caches"],
-        features,
+        zero_features,
         predictions,
         scores,
         [names[1] for _, names in evaluated],
