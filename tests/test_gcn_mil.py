@@ -286,6 +286,17 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
             **args,
         )
     assert "ignoring" in caplog.text  # other settings: the checkpoint is not resumed
+    caplog.clear()
+    with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
+        # ck holds a 2-epoch checkpoint: asking for 1 epoch retrains instead of returning it.
+        gcn_mil.train_gcn_mil(
+            features, root / "e.pt", root / "e.tsv", root / "ck", train=short, **args
+        )
+    assert "past the 1 epochs asked for; retraining" in caplog.text
+    assert len(pd.read_csv(root / "e.tsv", sep="\t")) == 1
+    one_epoch = torch.load(root / "b.pt", weights_only=False)["model"]
+    for key, value in torch.load(root / "e.pt", weights_only=False)["model"].items():
+        torch.testing.assert_close(value, one_epoch[key])
     assert len(pd.read_csv(root / "c.tsv", sep="\t")) == 2
     resumed = torch.load(root / "c.pt", weights_only=False)["model"]
     uninterrupted = torch.load(root / "a.pt", weights_only=False)["model"]
@@ -353,3 +364,115 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
         assert path.stat().st_size > 1000
         assert path.with_suffix(".pdf").exists()
     assert (tmp_path / "figures/run_info.json").exists()
+
+
+def test_zero_file_holds_exactly_the_unrotated_bags(features, zero_features):
+    """Evaluation and figures read only the 0-degree file: same bags, same features, nothing else."""
+    for full, zero in zip(features, zero_features, strict=True):
+        expected = {b["image_id"]: b for b in gcn_mil.load_bags([full], angle_zero_only=True)}
+        got = gcn_mil.load_bags([zero])
+        assert sorted(b["image_id"] for b in got) == sorted(expected)
+        for bag in got:
+            assert bag["angle"] == 0.0
+            assert bag["view"] == 0
+            torch.testing.assert_close(bag["features"], expected[bag["image_id"]]["features"])
+        assert zero.stat().st_size < full.stat().st_size / 2
+
+
+def test_feature_moments_stream_equals_concatenation():
+    """Chan's merge of per-bag float64 moments equals the statistics of the concatenated set."""
+    gen = torch.Generator().manual_seed(0)
+    bags = [
+        {"features": (torch.randn(n, 7, generator=gen) * 3 + 100).to(torch.float16)}
+        for n in (1, 5, 40, 2, 300)
+    ]
+    mean, std = gcn_mil.feature_moments(bags)
+    stacked = torch.cat([b["features"] for b in bags]).double()
+    torch.testing.assert_close(mean.double(), stacked.mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(std.double(), stacked.std(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no blocks"):
+        gcn_mil.feature_moments([])
+
+
+def test_lr_reading_literal_rises_and_drop_falls(dataset, features):
+    """The milestone multiplies lr by lr_after/lr (literal, as the paper writes it) or divides."""
+    assert gcn_mil.TrainOptions().lr_gamma == pytest.approx(10.0)
+    assert gcn_mil.TrainOptions(lr_reading="drop").lr_gamma == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_reading"):
+        _ = gcn_mil.TrainOptions(lr_reading="up").lr_gamma
+    root = dataset["root"] / "lr"
+    train = {**TRAIN, "epochs": 2, "lr": 1e-3, "lr_after": 1e-2, "lr_milestone": 1}
+    for reading, second in (("literal", 1e-2), ("drop", 1e-4)):
+        gcn_mil.train_gcn_mil(
+            features, root / f"{reading}.pt", root / f"{reading}.tsv", root / f"ck-{reading}",
+            model=MODEL, train={**train, "lr_reading": reading}, device="cpu", threads=1,
+        )  # fmt: skip
+        lrs = pd.read_csv(root / f"{reading}.tsv", sep="\t")["lr"].tolist()
+        assert lrs == pytest.approx([1e-3, second])
+
+
+def test_diverged_training_raises_at_once_with_epoch_and_lr(dataset, features):
+    """lr = 1e20 makes the loss NaN within the first epoch: stop there, saying where and why."""
+    root = dataset["root"] / "diverge"
+    train = {**TRAIN, "epochs": 3, "lr": 1e20, "lr_after": 1e20}
+    with pytest.raises(FloatingPointError, match=r"at epoch 0, step \d+ \(learning rate 1e\+20\)"):
+        gcn_mil.train_gcn_mil(
+            features, root / "m.pt", root / "h.tsv", root / "ck", model=MODEL, train=train,
+            device="cpu", threads=1,
+        )  # fmt: skip
+    assert not (root / "m.pt").exists()
+
+
+def test_cache_smaller_than_working_shape_is_refused(dataset, tmp_path):
+    """A cache at half the working size would be upsampled silently: refuse it, naming the image."""
+    frame = dataset["frame"]
+    image_id = frame.index[0]
+    small = tmp_path / "shard-000.npz"
+    np.savez(small, **{f"image__{image_id}": np.zeros((SIZE[0] // 2, SIZE[1] // 2, 3), np.uint8)})
+    with pytest.raises(
+        ValueError, match=rf"{image_id} is cached at 64x96 .* working shape is 128x192"
+    ):
+        gcn_mil.extract_gcn_mil_features(
+            small, dataset["manifest"], dataset["split"], tmp_path / "f.pt", bags=BAGS,
+            device="cpu",
+        )  # fmt: skip
+
+
+def test_tensor_data_path_gives_the_numpy_path_features(dataset, tmp_path):
+    """data_path=device (torch rotation, unfold) on CPU: same blocks, so the same features."""
+    shard = dataset["caches"][0]
+    args = {"bags": BAGS, "seed": 1, "device": "cpu", "threads": 1}
+    paths = {}
+    for data_path in ("cpu", "device"):
+        paths[data_path] = gcn_mil.extract_gcn_mil_features(
+            shard, dataset["manifest"], dataset["split"], tmp_path / f"{data_path}.pt",
+            bags={**BAGS, "data_path": data_path}, **{k: v for k, v in args.items() if k != "bags"},
+        )  # fmt: skip
+    cpu, dev = (gcn_mil.load_bags([paths[k]]) for k in ("cpu", "device"))
+    assert [(b["image_id"], b["angle"]) for b in cpu] == [(b["image_id"], b["angle"]) for b in dev]
+    for a, b in zip(cpu, dev, strict=True):
+        x, y = a["features"].float(), b["features"].float()
+        if a["angle"] == 0.0:
+            torch.testing.assert_close(x, y, atol=1e-2, rtol=1e-2)
+        else:  # bilinear rotation may round a few pixels one grey level apart
+            assert torch.corrcoef(torch.stack([x.ravel(), y.ravel()]))[0, 1] > 0.999
+    info = json.loads((tmp_path / "device_run_info.json").read_text())
+    assert info["data_path"] == "tensor"
+
+
+def test_collated_batch_equals_bag_by_bag_predictions(features):
+    """Several bags in one batch (offset int64 edges on int32 grids) = each bag on its own."""
+    bags = gcn_mil.load_bags(features[:1], splits=["test"])[:3]
+    torch.manual_seed(0)
+    net = mil.GCNMIL(512, 32, 8).eval()
+    graphs = gcn_mil.BagGraphs("stride")
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        x, edge_index, batch, y = gcn_mil._collate(bags, graphs, dev)
+        assert x.dtype == torch.float32
+        assert edge_index.dtype == torch.int64
+        logits, alpha = net(x, edge_index, batch)
+        for i, bag in enumerate(bags):
+            single, single_alpha = net(*gcn_mil._collate([bag], graphs, dev)[:3])
+            torch.testing.assert_close(logits[i], single[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(alpha[batch == i], single_alpha, rtol=1e-4, atol=1e-6)
