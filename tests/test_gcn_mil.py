@@ -440,7 +440,19 @@ def test_cache_smaller_than_working_shape_is_refused(dataset, tmp_path):
 
 def test_tensor_data_path_gives_the_numpy_path_features(dataset, tmp_path):
     """data_path=device (torch rotation, unfold) on CPU: same blocks, so the same features."""
-    shard = dataset["caches"][0]
+    frame = dataset["frame"]
+    # One training melanoma (4 DR angles) and one test image keep this test small.
+    picks = [frame.index[frame["split"] == split][0] for split in ("train", "test")]
+    with (
+        np.load(dataset["caches"][frame.at[picks[0], "shard"]]) as a,
+        np.load(dataset["caches"][frame.at[picks[1], "shard"]]) as b,
+    ):
+        arrays = {
+            f"image__{picks[0]}": a[f"image__{picks[0]}"],
+            f"image__{picks[1]}": b[f"image__{picks[1]}"],
+        }
+    shard = tmp_path / "shard.npz"
+    np.savez(shard, **arrays)
     args = {"bags": BAGS, "seed": 1, "device": "cpu", "threads": 1}
     paths = {}
     for data_path in ("cpu", "device"):

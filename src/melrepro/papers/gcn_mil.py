@@ -3,13 +3,15 @@
 Every public function here reads files, calls the pure methods of :mod:`melrepro.methods.mil` and
 writes files; the Snakemake scripts call exactly one of them. The data flow is
 
-    cache shard ──extract_gcn_mil_features──▶ features/shard-K.pt (bags, one per image × DR angle)
-    features ──train_gcn_mil──▶ models/run-R.pt (+ checkpoints/, history)
-    model + features + cache ──evaluate_gcn_mil──▶ evaluation/run-R.{csv,json,npz}
+    cache shard ──extract_gcn_mil_features──▶ features/shard-K.pt (bags, one per image × DR angle
+                                              × view) + shard-K_zero.pt (0° bags only)
+    features ──train_gcn_mil──▶ models/A/run-R.pt (+ checkpoints/, history; A = block | stride)
+    model + 0° features + cache ──evaluate_gcn_mil──▶ evaluation/A/run-R.{csv,json,npz}
     evaluation of all runs ──tabulate_gcn_mil / plot_gcn_mil──▶ tables/, figures/
 
-The backbone is frozen and its block features are cached per shard, so a training epoch only
-runs the GCN-MIL head.
+The backbone is frozen and its block features are cached per shard (float16, memory-mapped at
+load, cast per batch on the device), so a training epoch only runs the GCN-MIL head. Edges are
+not stored: each grid's Eq. 1 graph is rebuilt once at load for the reading of its radius.
 
 Artifact index (id: function that writes it):
 
@@ -68,6 +70,10 @@ DEVIATIONS = [
     "block features standardised per channel with training-set statistics",
     "random flips / 90-degree rotations: dihedral_views of the 8 are precomputed per training "
     "bag and one is drawn per epoch (dihedral_views = 1: none)",
+    "READING: Eq. 1's radius sqrt(2) * k read as the block side (block) or the stride (stride); "
+    "both are trained and reported",
+    "READING: section 3's learning-rate 'drop' from 1e-5 to 1e-4 is a rise as written; "
+    "config train.lr_reading records which reading ran (literal or drop)",
 ]
 
 
