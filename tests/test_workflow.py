@@ -50,6 +50,8 @@ def test_dry_run_default_config_plans_every_paper(tmp_path):
     assert jobs["summarize_scorecard"] == 1
     for paper, figure in {"gcn_mil": "fig01", "sp_graphs": "fig04", "effnet_ham": "fig04"}.items():
         assert jobs[f"draw_rulegraph_{paper}"] == 1, figure
+    # gcn_mil: both readings of Eq. 1 (block, stride) x n_runs = 2, on one set of features.
+    assert jobs["train_gcn_mil"] == jobs["evaluate_gcn_mil"] == 2 * 2
     assert not (workdir / "results").exists()
     assert not (workdir / "resources").exists()
 
@@ -68,6 +70,9 @@ def test_dry_run_real_config_has_hundreds_of_jobs_without_archives(tmp_path):
     assert jobs["download_archive_file"] == files
     assert jobs["download_archive_melanomas"] == 1
     assert jobs["verify_archives"] == 3
+    # gcn_mil: one feature job per isic2017 shard; both Eq. 1 readings x the paper's 5 runs.
+    assert jobs["extract_gcn_mil_features"] == 10
+    assert jobs["train_gcn_mil"] == jobs["evaluate_gcn_mil"] == 2 * 5
     assert not any(name.startswith("make_synthetic") for name in jobs)
 
 
