@@ -179,6 +179,9 @@ def get_final_output():
     targets += [f"{folder}/run_info.json" for folder in SHARED_OUTPUT_FOLDERS]
     if "effnet_ham" not in active_papers():
         targets.remove("results/effnet_ham/figures/run_info.json")
+    if "siim2020" not in active_papers():
+        targets.remove("results/siim2020/figures/run_info.json")
+        targets.remove("results/siim2020/submission/run_info.json")
     return targets
 
 
