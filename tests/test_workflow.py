@@ -192,6 +192,10 @@ def test_full_default_run_builds_every_artifact(tmp_path):
     submission = pd.read_csv(workdir / "results/siim2020/submission/submission.csv")
     test_metadata = pd.read_csv(workdir / "resources/archives/isic2020/ISIC_2020_Test_Metadata.csv")
     assert list(submission["image_name"]) == list(test_metadata["image"])
+    # the twin has a signal the base model finds (melanomas darker, older, more often male)
+    table01 = pd.read_csv(workdir / "results/siim2020/tables/table01.csv").set_index("Model")
+    assert table01.loc["Base All", "Validation ROC-AUC"] > 0.7
+    assert submission["target"].nunique() > 1
     snakemake("--report", "results/report.html", cwd=workdir)
     assert (workdir / "results/report.html").stat().st_size > 100_000
     again = snakemake("--cores", "2", cwd=workdir)

@@ -11,33 +11,8 @@ SIIM_SPLIT = split_file("isic2020", "patient_85_15")
 SIIM_TEST_CSV = "resources/archives/isic2020/ISIC_2020_Test_Metadata.csv"
 
 
-def siim_trainings():
-    """(protocol, model, dataset) of every training: 3 x 4 under patient, the configured models
-    under author_code."""
-    out = [("patient", m, d) for m in SIIM_MODELS for d in SIIM_DATASETS]
-    if "author_code" in SIIM_PROTOCOLS:
-        out += [
-            ("author_code", m, d)
-            for m in SIIM.get("author_code_models", ["base"])
-            for d in SIIM_DATASETS
-        ]
-    return out
-
-
-def siim_model_dir(protocol, model, dataset):
-    return f"{SIIM_DIR}/models/{protocol}/{model}/{dataset}"
-
-
-def siim_prepared(kind):
-    """The prepared-image shards (kind images) or their brightness tables (kind brightness)."""
-    ext = "npz" if kind == "images" else "parquet"
-    return [
-        f"{SIIM_DIR}/prepared/{kind}-{k:03d}.{ext}" for k in range(n_shards("isic2020"))
-    ]
-
-
-def siim_model_files(model, name, protocol="patient"):
-    return [f"{siim_model_dir(protocol, model, d)}/{name}" for d in SIIM_DATASETS]
+# Input functions (siim_trainings, siim_model_dir, siim_prepared, siim_model_files) live in
+# common.smk.
 
 
 SIIM_FIGURES = [
