@@ -696,10 +696,14 @@ def train_model_on(
     routing = {}
     if model != "base":
         net = result.model.eval()
-        with torch.inference_mode():
-            x = torch.stack([eval_ds[i][0] for i in range(len(eval_ds))]).to(device)
-            m = eval_ds.metadata.to(device)
-            expert = net.expert_of(x, m).cpu().numpy()
+        chunks = []
+        with torch.inference_mode():  # in chunks: the whole set as float would not fit
+            for start in range(0, len(eval_ds), 256):
+                idx = range(start, min(start + 256, len(eval_ds)))
+                x = torch.stack([eval_ds[i][0] for i in idx]).to(device)
+                m = eval_ds.metadata[start : start + 256].to(device)
+                chunks.append(net.expert_of(x, m).cpu().numpy())
+        expert = np.concatenate(chunks) if chunks else np.zeros(0, int)
         names = net.EXPERT_NAMES[model]
         routing = {names[k]: int((expert == k).sum()) for k in (0, 1)}
     preds = pd.concat(
