@@ -123,6 +123,8 @@ SHARED_OUTPUT_FOLDERS = {
     "results/data/figures": "data",
     "results/scorecard": None,
     "results/effnet_ham/figures": "effnet_ham",
+    "results/siim2020/figures": "siim2020",
+    "results/siim2020/submission": "siim2020",
 }
 
 

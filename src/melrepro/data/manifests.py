@@ -237,7 +237,9 @@ def _index_archive_melanoma(archive: ArchiveFolder, spec: DatasetLayout) -> pd.D
     for column in ("diagnosis", "diagnosis_1", "benign_malignant"):
         if column in metadata.columns:
             values = metadata[column].str.lower()
-            odd = ~values.str.contains("melanoma|malignant", na=True) & (values != "")
+            odd = (~values.str.contains("melanoma|malignant", na=True) & values.notna()).fillna(
+                False
+            )
             if odd.any():
                 row = first_row(odd)
                 raise IngestError(

@@ -49,6 +49,7 @@ __all__ = [
     "load_model",
     "make_loss",
     "make_sampler",
+    "ModelFactory",
     "mixup_batch",
     "predict",
     "recalibrate_batchnorm",
@@ -706,7 +707,24 @@ class _Run:
     stale: int = 0
 
 
-def _setup(options: TrainOptions, fingerprint: str) -> _Run:
+#: A model factory (``train_model(model_factory=...)``): builds the model from the options instead
+#: of :func:`build_model`. It may define ``fingerprint() -> str`` so that checkpoints written with
+#: another factory configuration are not resumed; the model needs a ``backbone`` module (frozen
+#: during warm-up epochs) and a ``weights_name``.
+ModelFactory = Callable[[TrainOptions], nn.Module]
+
+
+def _factory_fingerprint(model_factory: ModelFactory | None) -> str:
+    """What identifies a factory in the checkpoint fingerprint ('' for :func:`build_model`)."""
+    if model_factory is None:
+        return ""
+    own = getattr(model_factory, "fingerprint", None)
+    return str(own()) if callable(own) else getattr(model_factory, "__qualname__", "factory")
+
+
+def _setup(
+    options: TrainOptions, fingerprint: str, model_factory: ModelFactory | None = None
+) -> _Run:
     """Threads, determinism, device; then model, optimiser, schedule, scaler and loss."""
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -717,7 +735,11 @@ def _setup(options: TrainOptions, fingerprint: str) -> _Run:
     logger.info(
         "Creating model %s (pretrained=%s) on %s", options.backbone, options.pretrained, device
     )
-    model = build_model(options).to(device)
+    if model_factory is None:
+        model = build_model(options).to(device)
+    else:
+        torch.manual_seed(options.seed)
+        model = model_factory(options).to(device)
     optimizer = _make_optimizer(model, options)
     return _Run(
         model=model,
@@ -883,6 +905,7 @@ def train_model(
     checkpoint_dir: str | Path,
     history_path: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    model_factory: ModelFactory | None = None,
 ) -> TrainResult:
     """Train a classifier, checkpointing every epoch, and return the best one.
 
@@ -903,6 +926,9 @@ def train_model(
     on_epoch_end : callable, optional
         Called as ``on_epoch_end(epoch, row)`` after the checkpoint of each epoch is written
         (used by tests to kill a run).
+    model_factory : callable, optional
+        Builds the model from ``options`` instead of :func:`build_model` (siim2020's metadata
+        head and experts, :mod:`melrepro.methods.metadata_models`); see :data:`ModelFactory`.
 
     Returns
     -------
@@ -920,7 +946,11 @@ def train_model(
     # A checkpoint belongs to these options *and* this data: Snakemake reruns the job when an
     # input changes, and the old checkpoints must not be resumed then.
     fingerprint = f"{options.fingerprint()}-{_data_fingerprint(train_dataset, val_dataset)}"
-    run = _setup(options, fingerprint)
+    if model_factory is not None:
+        fingerprint += (
+            "-" + hashlib.sha256(_factory_fingerprint(model_factory).encode()).hexdigest()[:16]
+        )
+    run = _setup(options, fingerprint, model_factory)
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
     resumed_from, was_finished = _resume(run, last_path)
     start_epoch = options.epochs + 1 if was_finished else resumed_from + 1
@@ -981,11 +1011,18 @@ def predict(
     return probs
 
 
-def load_model(path: str | Path, options: TrainOptions) -> CNNClassifier:
-    """Rebuild a model from a weights file written by the effnet_ham rules or ``best.pt``."""
+def load_model(
+    path: str | Path, options: TrainOptions, model_factory: ModelFactory | None = None
+) -> CNNClassifier:
+    """Rebuild a model from a weights file written by the effnet_ham rules or ``best.pt``.
+
+    ``model_factory`` rebuilds a model trained with ``train_model(model_factory=...)``; it is
+    called with ``pretrained=False`` options.
+    """
     state = torch.load(path, map_location="cpu", weights_only=False)
     # The weights come from the file: never download ImageNet weights to be overwritten.
-    model = build_model(dataclasses.replace(options, pretrained=False))
+    plain = dataclasses.replace(options, pretrained=False)
+    model = build_model(plain) if model_factory is None else model_factory(plain)
     model.load_state_dict(state.get("model", state))
     model.eval()
     return model

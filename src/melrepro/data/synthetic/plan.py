@@ -3,6 +3,7 @@ labels, metadata, sizes and drawing parameters. No pixels here (see :mod:`.draw`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,8 +344,27 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
             )
         )
     if dataset == "isic2020":
+        _darken_melanomas(plans, float(spec.get("melanoma_brightness", 1.0)))
+        _ensure_missing_test_value(plans, spec)
         _add_duplicates(plans, spec, rng)
     return plans
+
+
+def _darken_melanomas(plans: list[ImagePlan], factor: float) -> None:
+    """Scale the overall brightness of every melanoma image (no random draws)."""
+    if factor == 1.0:
+        return
+    for p in plans:
+        if p.label == "melanoma":
+            p.scene = dataclasses.replace(p.scene, brightness=p.scene.brightness * factor)
+
+
+def _ensure_missing_test_value(plans: list[ImagePlan], spec: dict[str, Any]) -> None:
+    """With missing metadata on, at least one test image has a blank site (the real test set
+    has some, and siim2020 must keep such rows); no random draws."""
+    test = [p for p in plans if p.split == "test"]
+    if spec["missing_metadata"] > 0 and test and not any(p.missing for p in test):
+        test[0].missing = frozenset({"site"})
 
 
 def _dx_type(label: str, rng: np.random.Generator) -> str:
@@ -368,7 +388,22 @@ def _add_duplicates(plans: list[ImagePlan], spec: dict[str, Any], rng: np.random
     train = [i for i, p in enumerate(plans) if p.split == "train"]
     used: set[int] = set()
     n = int(spec["duplicates"])
-    for j in rng.permutation(train):
+    order = [int(j) for j in rng.permutation(train)]
+    # A melanoma among the duplicates (the real file has some): the first melanoma that has an
+    # earlier melanoma to copy is tried first.
+    first_mel = next(
+        (
+            j
+            for j in order
+            if plans[j].label == "melanoma"
+            and any(i < j and plans[i].label == "melanoma" for i in train)
+        ),
+        None,
+    )
+    if first_mel is not None:
+        order.remove(first_mel)
+        order.insert(0, first_mel)
+    for j in order:
         if n == 0:
             break
         candidates = [

@@ -110,14 +110,17 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         max_height=400,
         images_per_lesion=1.3,
     ),
+    # siim2020: ~100 training patients (so that the 15 % validation patients hold >= 5
+    # melanomas and a TPR in [0.8, 0.9] exists), darker melanomas (paper §3, Fig. 2).
     "isic2020": _spec(
-        {"train": {"melanoma": 27, "benign": 273}, "test": {"melanoma": 6, "benign": 54}},
+        {"train": {"melanoma": 60, "benign": 540}, "test": {"melanoma": 6, "benign": 54}},
         min_height=256,
-        max_height=400,
+        max_height=320,
         images_per_lesion=1.2,
         images_per_patient=6.0,
-        duplicates=6,
+        duplicates=8,
         near_duplicate_fraction=0.5,
+        melanoma_brightness=0.85,
     ),
 }
 
@@ -229,6 +232,13 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         "Pairs of training images listed in ISIC_2020_Training_Duplicates.csv (isic2020 only).",
         0,
         100000,
+    ),
+    "melanoma_brightness": (
+        {"type": "number"},
+        "Factor on the overall brightness of melanoma images (isic2020 only; < 1: melanomas "
+        "darker, as in paper 002 Fig. 2; the brightness ranges of the classes still overlap).",
+        0.3,
+        2,
     ),
     "near_duplicate_fraction": (
         {"type": "number"},
