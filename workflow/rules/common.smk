@@ -233,6 +233,8 @@ def gradcam_shards(model, kind):
     return [
         f"{folder}/{kind}-{k:03d}.{suffix}" for k in range(n_shards("isic2018_task2"))
     ]
+
+
 # ---- siim2020 input functions (SIIM, SIIM_DIR, SIIM_MODELS... come from siim2020.smk) ----
 
 
