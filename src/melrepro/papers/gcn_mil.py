@@ -330,7 +330,7 @@ def load_bags(
     itself (0°, no flip or quarter turn: ``angle_zero_only``)."""
     out = []
     for path in feature_paths:
-        for bag in torch.load(path, map_location="cpu", weights_only=False)["bags"]:
+        for bag in torch.load(path, map_location="cpu", weights_only=True)["bags"]:
             if splits is not None and bag["split"] not in splits:
                 continue
             if angle_zero_only and (bag["angle"] != 0.0 or bag.get("view", 0) != 0):
@@ -470,7 +470,7 @@ def train_gcn_mil(
         sort_keys=True,
     )
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if (
             state.get("seed") == seed
             and state.get("run") == run
@@ -558,7 +558,7 @@ def train_gcn_mil(
 
 
 def _load_model(model_path: str | Path, in_channels: int, dev: torch.device) -> mil.GCNMIL:
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
     opts = ModelOptions(**state["model_options"])
     net = mil.GCNMIL(
         in_channels,
