@@ -122,7 +122,11 @@ class TrainOptions:
     threads : int or None
         ``torch.set_num_threads``; None leaves torch's default.
     deterministic : bool
-        ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking.
+        ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking (off: cuDNN picks the
+        fastest kernels, ``cudnn.benchmark``).
+    compile : bool
+        ``torch.compile`` the model (in place, same weights and checkpoints); an execution
+        detail like ``device``, not part of the fingerprint.
     """
 
     backbone: str = "efficientnet_b0"
@@ -155,6 +159,7 @@ class TrainOptions:
     num_workers: int = 0
     threads: int | None = None
     deterministic: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -199,6 +204,7 @@ class TrainOptions:
         d = self.to_dict()
         for k in ("device", "num_workers", "threads"):
             d.pop(k)
+        d.pop("compile")  # execution only; popped apart so older fingerprints stay valid
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -728,6 +734,8 @@ def _setup(options: TrainOptions, fingerprint: str) -> _Run:
     if device.type == "cuda":
         # Faster convolutions on tensor cores; CPU runs keep the default layout (same numbers).
         model = model.to(memory_format=torch.channels_last)
+    if options.compile:
+        model.compile()  # nn.Module.compile: in place, state_dict keys unchanged
     optimizer = _make_optimizer(model, options)
     return _Run(
         model=model,
