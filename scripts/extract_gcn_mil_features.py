@@ -12,6 +12,8 @@ extract_gcn_mil_features(
     snakemake.input.manifest,
     snakemake.input.split,
     snakemake.output.features,
+    snakemake.output.zero,
+    snakemake.output.run_info,
     bags=snakemake.params.bags,
     pretrained=snakemake.params.pretrained,
     seed=snakemake.params.seed,

@@ -7,7 +7,7 @@ log_to_file(snakemake.log[0])
 tabulate_gcn_mil(
     snakemake.input.manifest,
     snakemake.input.split,
-    snakemake.input.metrics,
+    {r: list(getattr(snakemake.input, f"metrics_{r}")) for r in snakemake.params.readings},
     snakemake.input.paper_values,
     dict(snakemake.output.items()),
     bags=snakemake.params.bags,

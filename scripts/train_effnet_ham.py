@@ -1,4 +1,4 @@
-"""Rule train_effnet_ham: train one table01 variant, pick the Youden threshold, evaluate on test."""
+"""Rule train_effnet_ham: train one table01 variant, evaluate on test (Youden on validation, 95 % specificity on test)."""
 
 from melrepro.methods.gpu_slots import claim_gpus
 from melrepro.papers.effnet_ham import train_variant
@@ -23,4 +23,5 @@ train_variant(
     run_info=snakemake.params.run_info,
     threads=snakemake.threads,
     num_workers=snakemake.params.loader_workers,
+    n_bootstrap=snakemake.params.n_bootstrap,
 )

@@ -14,6 +14,8 @@ train_gcn_mil(
     snakemake.params.checkpoint_dir,
     run=int(snakemake.wildcards.run),
     seed=snakemake.params.seed,
+    adjacency=snakemake.wildcards.adjacency,
+    radius_factor=snakemake.params.radius_factor,
     model=snakemake.params.model,
     train=snakemake.params.train,
     device=snakemake.params.device,

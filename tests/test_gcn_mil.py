@@ -96,6 +96,7 @@ def features(dataset):
             dataset["manifest"],
             dataset["split"],
             root / f"features/shard-{k:03d}.pt",
+            root / f"features/shard-{k:03d}_zero.pt",
             bags=BAGS,
             seed=1,
             device="cpu",
@@ -103,6 +104,12 @@ def features(dataset):
         )
         for k, cache in enumerate(dataset["caches"])
     ]
+
+
+@pytest.fixture(scope="module")
+def zero_features(features):
+    """The 0-degree feature files written beside the shards."""
+    return [p.with_name(f"{p.stem}_zero.pt") for p in features]
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +135,13 @@ def trained(dataset, features):
 
 
 @pytest.fixture(scope="module")
-def evaluated(dataset, features, trained):
+def evaluated(dataset, zero_features, trained):
     root = dataset["root"] / "evaluation"
     out = []
     for run, model in enumerate(trained):
         names = [root / f"run-{run}_{n}" for n in ("p.csv", "sweep.csv", "m.json", "s.npz")]
         metrics = gcn_mil.evaluate_gcn_mil(
-            model, features, dataset["caches"], *names, device="cpu", threads=1
+            model, zero_features, dataset["caches"], *names, device="cpu", threads=1
         )
         out.append((metrics, names))
     return out
@@ -149,13 +156,23 @@ def test_extract_features_makes_one_bag_per_dr_angle(dataset, features):
         expected = 360 // BAGS["rotation_steps"][row["label"]] if row["split"] == "train" else 1
         assert per_image[image_id] == expected
     coords = mil.block_grid(*SIZE, block_size=16, stride=8)
+    graphs = gcn_mil.BagGraphs("block")
+    reference = mil.block_adjacency(mil.block_centres(coords, 16), 16)
     for bag in bags:
         np.testing.assert_array_equal(bag["coords"].numpy(), coords)
         assert bag["features"].shape == (len(coords), 512)
-        assert bag["edge_index"].shape[1] > 0
-    info = json.loads((features[0].parent / "run_info.json").read_text())
-    assert info["weights"] == "random-init"
-    assert info["working_block_size"] == 16
+        assert bag["features"].dtype == torch.float16
+        np.testing.assert_array_equal(graphs(bag).numpy(), reference)
+    # One grid, so one stored coordinate array and one edge list for every bag.
+    for path in features:
+        assert len({id(b["coords"]) for b in gcn_mil.load_bags([path])}) == 1
+    assert len(graphs._edges) == 1
+    for path in features:
+        info = json.loads(path.with_name(f"{path.stem}_run_info.json").read_text())
+        assert info["weights"] == "random-init"
+        assert info["working_block_size"] == 16
+        assert info["n_bags"] == len(gcn_mil.load_bags([path]))
+    assert not (features[0].parent / "run_info.json").exists()
 
 
 def _centred_disc_jaccard(mask):
@@ -269,6 +286,17 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
             **args,
         )
     assert "ignoring" in caplog.text  # other settings: the checkpoint is not resumed
+    caplog.clear()
+    with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
+        # ck holds a 2-epoch checkpoint: asking for 1 epoch retrains instead of returning it.
+        gcn_mil.train_gcn_mil(
+            features, root / "e.pt", root / "e.tsv", root / "ck", train=short, **args
+        )
+    assert "past the 1 epochs asked for; retraining" in caplog.text
+    assert len(pd.read_csv(root / "e.tsv", sep="\t")) == 1
+    one_epoch = torch.load(root / "b.pt", weights_only=False)["model"]
+    for key, value in torch.load(root / "e.pt", weights_only=False)["model"].items():
+        torch.testing.assert_close(value, one_epoch[key])
     assert len(pd.read_csv(root / "c.tsv", sep="\t")) == 2
     resumed = torch.load(root / "c.pt", weights_only=False)["model"]
     uninterrupted = torch.load(root / "a.pt", weights_only=False)["model"]
@@ -276,7 +304,7 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
         torch.testing.assert_close(resumed[key], value)
 
 
-def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tmp_path):
+def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluated, tmp_path):
     tables = {f"table{i:02d}": tmp_path / f"tables/table{i:02d}.csv" for i in range(1, 6)}
     from melrepro.report.tables import read_table
 
@@ -284,7 +312,8 @@ def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tm
     gcn_mil.tabulate_gcn_mil(
         dataset["manifest"],
         dataset["split"],
-        [names[2] for _, names in evaluated],
+        # Two readings: both runs as "block", run 1 alone as "stride" (the layout is what is tested).
+        {"block": [names[2] for _, names in evaluated], "stride": [evaluated[1][1][2]]},
         paper_values,
         tables,
         bags=BAGS,
@@ -295,10 +324,24 @@ def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tm
     assert table1.loc["DR", "Nevus"] == 8 * 2
     table3 = read_table(tables["table03"], 1)
     assert table3.loc["Test"].tolist() == [4, 4, 4]
-    table5 = read_table(tables["table05"], 1)
+    table5 = read_table(tables["table05"], 2)
     mean_auc = np.mean([m["auc"] for m, _ in evaluated])
-    assert table5.loc[gcn_mil.OUR_ROW, "AUC"] == pytest.approx(mean_auc)
-    assert table5.loc["LIN [9]", "JA"] == pytest.approx(0.753)
+    assert table5.loc[(gcn_mil.OUR_ROW, "block"), "AUC"] == pytest.approx(mean_auc)
+    assert table5.loc[(gcn_mil.OUR_ROW, "stride"), "AUC"] == pytest.approx(evaluated[1][0]["auc"])
+    assert table5.loc[(gcn_mil.OUR_ROW, "stride"), "AUC SD"] == 0.0
+    assert table5.loc[("LIN [9]", "cited"), "JA"] == pytest.approx(0.753)
+    assert table5.loc[(gcn_mil.OUR_ROW, "paper"), "AUC"] == pytest.approx(0.930)
+    # Printed values keep the paper's digits: 0.840 (ResNet101 accuracy), 0.930 (its own AUC).
+    raw = pd.read_csv(tables["table05"], dtype=str).set_index(["Models", "reading"])
+    assert raw.loc[("ResNet101 [20]", "cited"), "Accuracy"] == "0.840"
+    assert raw.loc[(gcn_mil.OUR_ROW, "paper"), "AUC"] == "0.930"
+    # The scorecard finds one reproduced value per reading of Eq. 1.
+    from melrepro.report.scorecard import score_paper
+
+    card = score_paper(paper_values, tables["table05"].parent, data_source="synthetic")
+    card5 = card[card["artifact"] == "table05"]
+    assert set(card5["row"]) == {f"{gcn_mil.OUR_ROW} / block", f"{gcn_mil.OUR_ROW} / stride"}
+    assert card5["reproduced_value"].notna().all()
     assert read_table(tables["table02"], 1).loc["19", "out_channels"] == MODEL["hidden_channels"]
     assert len(read_table(tables["table04"], 1)) == 11
 
@@ -308,7 +351,7 @@ def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tm
         dataset["manifest"],
         dataset["split"],
         dataset["caches"],
-        features,
+        zero_features,
         predictions,
         scores,
         [names[1] for _, names in evaluated],
@@ -321,3 +364,127 @@ def test_tabulate_and_plot_write_every_artifact(dataset, features, evaluated, tm
         assert path.stat().st_size > 1000
         assert path.with_suffix(".pdf").exists()
     assert (tmp_path / "figures/run_info.json").exists()
+
+
+def test_zero_file_holds_exactly_the_unrotated_bags(features, zero_features):
+    """Evaluation and figures read only the 0-degree file: same bags, same features, nothing else."""
+    for full, zero in zip(features, zero_features, strict=True):
+        expected = {b["image_id"]: b for b in gcn_mil.load_bags([full], angle_zero_only=True)}
+        got = gcn_mil.load_bags([zero])
+        assert sorted(b["image_id"] for b in got) == sorted(expected)
+        for bag in got:
+            assert bag["angle"] == 0.0
+            assert bag["view"] == 0
+            torch.testing.assert_close(bag["features"], expected[bag["image_id"]]["features"])
+        assert zero.stat().st_size < full.stat().st_size / 2
+
+
+def test_feature_moments_stream_equals_concatenation():
+    """Chan's merge of per-bag float64 moments equals the statistics of the concatenated set."""
+    gen = torch.Generator().manual_seed(0)
+    bags = [
+        {"features": (torch.randn(n, 7, generator=gen) * 3 + 100).to(torch.float16)}
+        for n in (1, 5, 40, 2, 300)
+    ]
+    mean, std = gcn_mil.feature_moments(bags)
+    stacked = torch.cat([b["features"] for b in bags]).double()
+    torch.testing.assert_close(mean.double(), stacked.mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(std.double(), stacked.std(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no blocks"):
+        gcn_mil.feature_moments([])
+
+
+def test_lr_reading_literal_rises_and_drop_falls(dataset, features):
+    """The milestone multiplies lr by lr_after/lr (literal, as the paper writes it) or divides."""
+    assert gcn_mil.TrainOptions().lr_gamma == pytest.approx(10.0)
+    assert gcn_mil.TrainOptions(lr_reading="drop").lr_gamma == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_reading"):
+        _ = gcn_mil.TrainOptions(lr_reading="up").lr_gamma
+    root = dataset["root"] / "lr"
+    train = {**TRAIN, "epochs": 2, "lr": 1e-3, "lr_after": 1e-2, "lr_milestone": 1}
+    for reading, second in (("literal", 1e-2), ("drop", 1e-4)):
+        gcn_mil.train_gcn_mil(
+            features, root / f"{reading}.pt", root / f"{reading}.tsv", root / f"ck-{reading}",
+            model=MODEL, train={**train, "lr_reading": reading}, device="cpu", threads=1,
+        )  # fmt: skip
+        lrs = pd.read_csv(root / f"{reading}.tsv", sep="\t")["lr"].tolist()
+        assert lrs == pytest.approx([1e-3, second])
+
+
+def test_diverged_training_raises_at_once_with_epoch_and_lr(dataset, features):
+    """lr = 1e20 makes the loss NaN within the first epoch: stop there, saying where and why."""
+    root = dataset["root"] / "diverge"
+    train = {**TRAIN, "epochs": 3, "lr": 1e20, "lr_after": 1e20}
+    with pytest.raises(FloatingPointError, match=r"at epoch 0, step \d+ \(learning rate 1e\+20\)"):
+        gcn_mil.train_gcn_mil(
+            features, root / "m.pt", root / "h.tsv", root / "ck", model=MODEL, train=train,
+            device="cpu", threads=1,
+        )  # fmt: skip
+    assert not (root / "m.pt").exists()
+
+
+def test_cache_smaller_than_working_shape_is_refused(dataset, tmp_path):
+    """A cache at half the working size would be upsampled silently: refuse it, naming the image."""
+    frame = dataset["frame"]
+    image_id = frame.index[0]
+    small = tmp_path / "shard-000.npz"
+    np.savez(small, **{f"image__{image_id}": np.zeros((SIZE[0] // 2, SIZE[1] // 2, 3), np.uint8)})
+    with pytest.raises(
+        ValueError, match=rf"{image_id} is cached at 64x96 .* working shape is 128x192"
+    ):
+        gcn_mil.extract_gcn_mil_features(
+            small, dataset["manifest"], dataset["split"], tmp_path / "f.pt", bags=BAGS,
+            device="cpu",
+        )  # fmt: skip
+
+
+def test_tensor_data_path_gives_the_numpy_path_features(dataset, tmp_path):
+    """data_path=device (torch rotation, unfold) on CPU: same blocks, so the same features."""
+    frame = dataset["frame"]
+    # One training melanoma (4 DR angles) and one test image keep this test small.
+    picks = [frame.index[frame["split"] == split][0] for split in ("train", "test")]
+    with (
+        np.load(dataset["caches"][frame.at[picks[0], "shard"]]) as a,
+        np.load(dataset["caches"][frame.at[picks[1], "shard"]]) as b,
+    ):
+        arrays = {
+            f"image__{picks[0]}": a[f"image__{picks[0]}"],
+            f"image__{picks[1]}": b[f"image__{picks[1]}"],
+        }
+    shard = tmp_path / "shard.npz"
+    np.savez(shard, **arrays)
+    args = {"bags": BAGS, "seed": 1, "device": "cpu", "threads": 1}
+    paths = {}
+    for data_path in ("cpu", "device"):
+        paths[data_path] = gcn_mil.extract_gcn_mil_features(
+            shard, dataset["manifest"], dataset["split"], tmp_path / f"{data_path}.pt",
+            bags={**BAGS, "data_path": data_path}, **{k: v for k, v in args.items() if k != "bags"},
+        )  # fmt: skip
+    cpu, dev = (gcn_mil.load_bags([paths[k]]) for k in ("cpu", "device"))
+    assert [(b["image_id"], b["angle"]) for b in cpu] == [(b["image_id"], b["angle"]) for b in dev]
+    for a, b in zip(cpu, dev, strict=True):
+        x, y = a["features"].float(), b["features"].float()
+        if a["angle"] == 0.0:
+            torch.testing.assert_close(x, y, atol=1e-2, rtol=1e-2)
+        else:  # bilinear rotation may round a few pixels one grey level apart
+            assert torch.corrcoef(torch.stack([x.ravel(), y.ravel()]))[0, 1] > 0.999
+    info = json.loads((tmp_path / "device_run_info.json").read_text())
+    assert info["data_path"] == "tensor"
+
+
+def test_collated_batch_equals_bag_by_bag_predictions(features):
+    """Several bags in one batch (offset int64 edges on int32 grids) = each bag on its own."""
+    bags = gcn_mil.load_bags(features[:1], splits=["test"])[:3]
+    torch.manual_seed(0)
+    net = mil.GCNMIL(512, 32, 8).eval()
+    graphs = gcn_mil.BagGraphs("stride")
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        x, edge_index, batch, y = gcn_mil._collate(bags, graphs, dev)
+        assert x.dtype == torch.float32
+        assert edge_index.dtype == torch.int64
+        logits, alpha = net(x, edge_index, batch)
+        for i, bag in enumerate(bags):
+            single, single_alpha = net(*gcn_mil._collate([bag], graphs, dev)[:3])
+            torch.testing.assert_close(logits[i], single[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(alpha[batch == i], single_alpha, rtol=1e-4, atol=1e-6)

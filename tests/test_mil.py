@@ -77,6 +77,80 @@ def test_block_adjacency_matches_brute_force_distances():
     np.testing.assert_array_equal(edges.T, expected)
 
 
+def test_stride_reading_of_eq1_is_the_8_neighbourhood():
+    """Radius √2·s on a stride-s grid: exactly the blocks one grid step away, diagonals included.
+
+    The literal √2·k reading on the same ISIC-sized grid (k = 224, s = 50) links ~80 blocks.
+    """
+    k, s = 224, 50
+    coords = mil.block_grid(767, 1022, block_size=k, stride=s)
+    centres = mil.block_centres(coords, k)
+    stride_edges = mil.block_adjacency(centres, mil.adjacency_unit("stride", k, s), dtype=np.int32)
+    assert stride_edges.dtype == np.int32
+    step = np.abs(coords[:, None] - coords[None]) // s
+    expected = np.argwhere(step.max(-1) == 1)
+    np.testing.assert_array_equal(stride_edges.T, expected)
+    interior = (coords[:, 0] > 0) & (coords[:, 1] > 0) & (coords[:, 0] < coords[:, 0].max())
+    interior &= coords[:, 1] < coords[:, 1].max()
+    degree = np.bincount(stride_edges[0], minlength=len(coords))
+    assert set(degree[interior]) == {8}
+    block_edges = mil.block_adjacency(centres, mil.adjacency_unit("block", k, s))
+    assert 70 < block_edges.shape[1] / len(coords) < 90
+    with pytest.raises(ValueError, match="adjacency_radius"):
+        mil.adjacency_unit("diagonal", k, s)
+
+
+def _smooth_image(height=90, width=130):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    field = gaussian_filter(rng.random((height, width, 3)), (4, 4, 0))
+    field = (field - field.min()) / (field.max() - field.min())
+    image = (field * 200).astype(np.uint8)
+    image[10:30, 20:40] = 255
+    return image
+
+
+@pytest.mark.parametrize("angle", [0, 18, 45, 90, 137, 180, 333])
+def test_rotate_tensor_matches_scipy_rotation(angle):
+    """torchvision rotation of a reflect-padded tensor = scipy's mirrored rotation (±1 grey level)."""
+    image = _smooth_image()
+    reference = mil.rotate_image(image, angle).astype(int)
+    tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    got = mil.rotate_tensor(tensor, angle).permute(1, 2, 0).numpy().astype(int)
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() <= 1
+    assert np.mean(got != reference) < 0.01
+    if angle not in (0, 180):
+        assert np.abs(reference - image).mean() > 10  # the rotation did something
+
+
+def test_dihedral_and_unfold_blocks_on_tensors_equal_numpy():
+    image = _smooth_image()
+    tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    for view in range(8):
+        np.testing.assert_array_equal(
+            mil.dihedral_tensor(tensor, view).permute(1, 2, 0).numpy(), mil.dihedral(image, view)
+        )
+    for height, width, cover in ((90, 130, True), (20, 30, False)):
+        small = image[:height, :width]
+        coords = mil.block_grid(height, width, block_size=32, stride=10, cover_edges=cover)
+        expected = np.concatenate(list(mil.block_batches(small, coords, 32, 7)))
+        t = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)
+        got = torch.cat(list(mil.tensor_block_batches(t, coords, 32, 7)))
+        np.testing.assert_array_equal(got.permute(0, 2, 3, 1).numpy(), expected)
+
+
+def test_block_encoder_channels_first_equals_channels_last():
+    torch.manual_seed(0)
+    encoder = mil.BlockEncoder().eval()
+    blocks = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        last = encoder(blocks)
+        first = encoder(blocks.permute(0, 3, 1, 2), channels_first=True)
+    torch.testing.assert_close(first, last)
+
+
 def test_block_batches_equal_slices_and_stay_small():
     """Check block contents, and that peak memory stays near one image, not N blocks."""
     rng = np.random.default_rng(0)

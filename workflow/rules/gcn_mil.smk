@@ -1,8 +1,9 @@
 # Rules of the gcn_mil paper: GCN-based multi-instance learning on image blocks, ISIC 2017 (paper 000).
 #
-#   cache shard --extract_gcn_mil_features--> features/shard-K.pt (frozen ResNet18, one bag per image x DR angle)
-#   features --train_gcn_mil--> models/run-R.pt      (n_runs runs, checkpoints/ resume)
-#   model --evaluate_gcn_mil--> evaluation/run-R_*   (test metrics, eta sweep on training)
+#   cache shard --extract_gcn_mil_features--> features/shard-K.pt (frozen ResNet18, one bag per image x DR angle x view)
+#                                             + features/shard-K_zero.pt (only the 0-degree bags, for evaluation/figures)
+#   features --train_gcn_mil--> models/A/run-R.pt      (A = reading of Eq. 1's radius: block | stride; n_runs runs)
+#   model --evaluate_gcn_mil--> evaluation/A/run-R_*   (test metrics, eta sweep on training)
 #   evaluation --tabulate_gcn_mil / plot_gcn_mil--> tables/table01-05, figures/fig02-06
 
 GCN_MIL = config.get("gcn_mil", {})
@@ -16,17 +17,31 @@ GCN_MIL_BAGS = {
     "height_bounds": GCN_MIL.get("height_bounds", [1000, 2000]),
     "scale": GCN_MIL.get("scale", 1.0),
     "cover_edges": GCN_MIL.get("cover_edges", False),
-    "radius_factor": GCN_MIL.get("radius_factor", 2**0.5),
     "rotation_steps": GCN_MIL.get(
         "rotation_steps", {"melanoma": 18, "seborrheic_keratosis": 18, "nevus": 45}
     ),
     "batch_size": GCN_MIL.get("feature_batch_size", 64),
     "dihedral_views": GCN_MIL.get("dihedral_views", 8),
+    "data_path": GCN_MIL.get("data_path", "auto"),
+    "mixed_precision": GCN_MIL.get("mixed_precision", "auto"),
 }
+#: Eq. 1's radius sqrt(2) * k: `block` reads k as the block side (literal), `stride` as the stride.
+#: Both readings are trained and evaluated on the same features; figures show `adjacency_radius`.
+GCN_MIL_GRAPH = {
+    "adjacency_radius": GCN_MIL.get("adjacency_radius", "block"),
+    "radius_factor": GCN_MIL.get("radius_factor", 2**0.5),
+}
+GCN_MIL_READINGS = list(GCN_MIL.get("adjacency_readings", ["block", "stride"]))
+if GCN_MIL_GRAPH["adjacency_radius"] not in GCN_MIL_READINGS:
+    raise ValueError(
+        f"gcn_mil.adjacency_radius {GCN_MIL_GRAPH['adjacency_radius']!r} must be one of "
+        f"gcn_mil.adjacency_readings {GCN_MIL_READINGS}"
+    )
 
-#: Full resolution (config/isic.yaml) needs hours and tens of GB (8 views x DR bags of ~300
-#: blocks, 512 float16 each, are held in memory for training); the default needs minutes.
+#: Full resolution (config/isic.yaml) needs hours; its resources are the `gcn_mil_resources`
+#: section of the config (measured by benchmarks/bench_mil.py --memory and extrapolated).
 GCN_MIL_FULL = GCN_MIL.get("scale", 1.0) >= 1.0
+GCN_MIL_MEM = GCN_MIL.get("mem_mb", {})
 
 ARTIFACTS["gcn_mil"] = (
     [f"{GCN_MIL_OUT}/tables/{t}.csv" for t in GCN_MIL_TABLES]
@@ -38,6 +53,9 @@ ARTIFACTS["gcn_mil"] = (
 #: The isic2017 image-cache shards read, and the block-feature file made from each.
 GCN_MIL_CACHES = cache_shards("isic2017", GCN_MIL.get("cache_res", "orig"))
 GCN_MIL_FEATURES = [f"{GCN_MIL_OUT}/features/{Path(p).stem}.pt" for p in GCN_MIL_CACHES]
+GCN_MIL_ZERO = [
+    f"{GCN_MIL_OUT}/features/{Path(p).stem}_zero.pt" for p in GCN_MIL_CACHES
+]
 
 
 rule extract_gcn_mil_features:
@@ -48,6 +66,8 @@ rule extract_gcn_mil_features:
         weights=torchvision_weights("resnet18"),
     output:
         features=f"{GCN_MIL_OUT}/features/shard-{{shard}}.pt",
+        zero=f"{GCN_MIL_OUT}/features/shard-{{shard}}_zero.pt",
+        run_info=f"{GCN_MIL_OUT}/features/shard-{{shard}}_run_info.json",
     log:
         "logs/extract_gcn_mil_features/{shard}.log",
     benchmark:
@@ -56,7 +76,7 @@ rule extract_gcn_mil_features:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=16000 if GCN_MIL_FULL else 4000,
+        mem_mb=GCN_MIL_MEM.get("extract", 4000),
         runtime=1440 if GCN_MIL_FULL else 60,
         gpu=1,
     params:
@@ -73,23 +93,25 @@ rule train_gcn_mil:
     input:
         features=GCN_MIL_FEATURES,
     output:
-        model=f"{GCN_MIL_OUT}/models/run-{{run}}.pt",
-        history=f"{GCN_MIL_OUT}/models/run-{{run}}_history.tsv",
+        model=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}.pt",
+        history=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}_history.tsv",
     log:
-        "logs/train_gcn_mil/{run}.log",
+        "logs/train_gcn_mil/{adjacency}/{run}.log",
     benchmark:
-        "benchmarks/results/train_gcn_mil/{run}.tsv"
+        "benchmarks/results/train_gcn_mil/{adjacency}/{run}.tsv"
     wildcard_constraints:
         run=r"\d+",
+        adjacency="block|stride",
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=64000 if GCN_MIL_FULL else 8000,
+        mem_mb=GCN_MIL_MEM.get("train", 8000),
         runtime=2880 if GCN_MIL_FULL else 120,
         gpu=1,
     params:
-        checkpoint_dir=lambda wc: f"{GCN_MIL_OUT}/checkpoints/run-{wc.run}",
+        checkpoint_dir=lambda wc: f"{GCN_MIL_OUT}/checkpoints/{wc.adjacency}/run-{wc.run}",
+        radius_factor=GCN_MIL_GRAPH["radius_factor"],
         model=GCN_MIL.get("model", {}),
         train=GCN_MIL.get("train", {}),
         seed=config["seed"],
@@ -101,25 +123,26 @@ rule train_gcn_mil:
 
 rule evaluate_gcn_mil:
     input:
-        model=f"{GCN_MIL_OUT}/models/run-{{run}}.pt",
-        features=GCN_MIL_FEATURES,
+        model=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}.pt",
+        features=GCN_MIL_ZERO,
         caches=GCN_MIL_CACHES,
     output:
-        predictions=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_predictions.csv",
-        sweep=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_sweep.csv",
-        metrics=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_metrics.json",
-        scores=f"{GCN_MIL_OUT}/evaluation/run-{{run}}_scores.npz",
+        predictions=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_predictions.csv",
+        sweep=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_sweep.csv",
+        metrics=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_metrics.json",
+        scores=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_scores.npz",
     log:
-        "logs/evaluate_gcn_mil/{run}.log",
+        "logs/evaluate_gcn_mil/{adjacency}/{run}.log",
     benchmark:
-        "benchmarks/results/evaluate_gcn_mil/{run}.tsv"
+        "benchmarks/results/evaluate_gcn_mil/{adjacency}/{run}.tsv"
     wildcard_constraints:
         run=r"\d+",
+        adjacency="block|stride",
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=16000 if GCN_MIL_FULL else 8000,
+        mem_mb=GCN_MIL_MEM.get("evaluate", 4000),
         runtime=240 if GCN_MIL_FULL else 60,
         gpu=1,
     params:
@@ -132,11 +155,15 @@ rule evaluate_gcn_mil:
 
 rule tabulate_gcn_mil:
     input:
+        **{
+            f"metrics_{reading}": expand(
+                f"{GCN_MIL_OUT}/evaluation/{reading}/run-{{run}}_metrics.json",
+                run=GCN_MIL_RUNS,
+            )
+            for reading in GCN_MIL_READINGS
+        },
         manifest=manifest("isic2017"),
         split=split_file("isic2017", "official"),
-        metrics=expand(
-            f"{GCN_MIL_OUT}/evaluation/run-{{run}}_metrics.json", run=GCN_MIL_RUNS
-        ),
         paper_values="config/paper_values/gcn_mil.csv",
     output:
         **{
@@ -155,10 +182,11 @@ rule tabulate_gcn_mil:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000 if GCN_MIL_FULL else 2000,
+        mem_mb=GCN_MIL_MEM.get("tabulate", 2000),
         runtime=10,
     params:
-        bags=GCN_MIL_BAGS,
+        bags={**GCN_MIL_BAGS, **GCN_MIL_GRAPH},
+        readings=GCN_MIL_READINGS,
         model=GCN_MIL.get("model", {}),
         freeze_backbone=GCN_MIL.get("freeze_backbone", True),
         run_info=run_info_params(),
@@ -171,12 +199,13 @@ rule plot_gcn_mil:
         manifest=manifest("isic2017"),
         split=split_file("isic2017", "official"),
         caches=GCN_MIL_CACHES,
-        features=GCN_MIL_FEATURES,
-        predictions=f"{GCN_MIL_OUT}/evaluation/run-0_predictions.csv",
-        scores=f"{GCN_MIL_OUT}/evaluation/run-0_scores.npz",
-        metrics=f"{GCN_MIL_OUT}/evaluation/run-0_metrics.json",
+        features=GCN_MIL_ZERO,
+        predictions=f"{GCN_MIL_OUT}/evaluation/{GCN_MIL_GRAPH['adjacency_radius']}/run-0_predictions.csv",
+        scores=f"{GCN_MIL_OUT}/evaluation/{GCN_MIL_GRAPH['adjacency_radius']}/run-0_scores.npz",
+        metrics=f"{GCN_MIL_OUT}/evaluation/{GCN_MIL_GRAPH['adjacency_radius']}/run-0_metrics.json",
         sweeps=expand(
-            f"{GCN_MIL_OUT}/evaluation/run-{{run}}_sweep.csv", run=GCN_MIL_RUNS
+            f"{GCN_MIL_OUT}/evaluation/{GCN_MIL_GRAPH['adjacency_radius']}/run-{{run}}_sweep.csv",
+            run=GCN_MIL_RUNS,
         ),
     output:
         **{
@@ -195,10 +224,10 @@ rule plot_gcn_mil:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=8000 if GCN_MIL_FULL else 4000,
+        mem_mb=GCN_MIL_MEM.get("plot", 4000),
         runtime=30 if GCN_MIL_FULL else 10,
     params:
-        bags=GCN_MIL_BAGS,
+        bags={**GCN_MIL_BAGS, **GCN_MIL_GRAPH},
         n_cases=GCN_MIL.get("figure_cases", 4),
         seed=config["seed"],
         run_info=run_info_params(),

@@ -39,8 +39,13 @@ __all__ = [
     "IMAGENET_STD",
     "BlockEncoder",
     "GCNMIL",
+    "ADJACENCY_READINGS",
+    "adjacency_unit",
     "block_adjacency",
     "block_batches",
+    "dihedral_tensor",
+    "rotate_tensor",
+    "tensor_block_batches",
     "block_centres",
     "block_grid",
     "block_scores",
@@ -59,6 +64,9 @@ __all__ = [
 CLASSES: tuple[str, ...] = ("melanoma", "seborrheic_keratosis", "nevus")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The two readings of Eq. 1's radius √2·k: ``block`` takes k literally as the block side (the
+#: paper's symbol), ``stride`` as the grid step s (8-neighbour adjacency on the block grid).
+ADJACENCY_READINGS: tuple[str, ...] = ("block", "stride")
 
 
 # --------------------------------------------------------------------------- bags and graphs
@@ -161,8 +169,40 @@ def block_centres(coords: np.ndarray, block_size: int) -> np.ndarray:
     return np.asarray(coords, dtype=np.float64) + block_size / 2.0
 
 
+def adjacency_unit(reading: str, block_size: int, stride: int) -> int:
+    """Length that Eq. 1's radius √2·k is measured in, for one reading of ``k``.
+
+    Eq. 1 writes the radius as √2·k with k the block side, which links every pair of
+    blocks whose centres are up to √2·224 px apart: at stride 50 that is ~80 neighbours per
+    block, ~45 % of a 1022×767 bag, and two GCN layers then smooth attention over most of the
+    bag. Read with k as the grid step s, √2·s links each block to its 8 grid neighbours, the
+    usual image-grid graph. The paper's Fig. 2 draws neither case unambiguously.
+
+    Parameters
+    ----------
+    reading : {"block", "stride"}
+        ``block`` (literal: k is the block side) or ``stride`` (k read as the stride s).
+    block_size, stride : int
+        Block side k and grid stride s, in working pixels.
+
+    Returns
+    -------
+    int
+        ``block_size`` or ``stride``.
+    """
+    if reading == "block":
+        return int(block_size)
+    if reading == "stride":
+        return int(stride)
+    raise ValueError(f"unknown adjacency_radius {reading!r}; choose one of {ADJACENCY_READINGS}")
+
+
 def block_adjacency(
-    centres: np.ndarray, block_size: int, *, radius_factor: float = math.sqrt(2)
+    centres: np.ndarray,
+    block_size: int,
+    *,
+    radius_factor: float = math.sqrt(2),
+    dtype: type = np.int64,
 ) -> np.ndarray:
     """Edges of the bag graph: blocks whose centres are at most √2·k apart (Eq. 1).
 
@@ -174,13 +214,16 @@ def block_adjacency(
     centres : (N, 2) ndarray
         Block centres.
     block_size : int
-        Block side k.
+        The length unit k of the radius: the block side in the literal reading, the stride
+        in the other (see :func:`adjacency_unit`).
     radius_factor : float, optional
         Multiplier of k (√2 in the paper).
+    dtype : numpy integer type, optional
+        Index type (int64 for torch-geometric; int32 to store a graph compactly).
 
     Returns
     -------
-    (2, E) int64 ndarray
+    (2, E) ndarray of ``dtype``
         Both directions of every edge, sorted by source then target.
     """
     centres = np.asarray(centres, dtype=np.float64)
@@ -189,8 +232,8 @@ def block_adjacency(
     # despite the rounding of √2.
     pairs = cKDTree(centres).query_pairs(radius * (1 + 1e-9), output_type="ndarray")
     if len(pairs) == 0:
-        return np.zeros((2, 0), dtype=np.int64)
-    both = np.concatenate([pairs, pairs[:, ::-1]], axis=0).astype(np.int64)
+        return np.zeros((2, 0), dtype=dtype)
+    both = np.concatenate([pairs, pairs[:, ::-1]], axis=0).astype(dtype)
     order = np.lexsort((both[:, 1], both[:, 0]))
     return both[order].T.copy()
 
@@ -335,6 +378,79 @@ def dihedral(image: np.ndarray, view: int) -> np.ndarray:
     return np.rot90(image[:, ::-1] if view >= 4 else image, view % 4)
 
 
+# --------------------------------------------------------------------------- the same on tensors
+
+
+def rotate_tensor(image: torch.Tensor, angle: float) -> torch.Tensor:
+    """:func:`rotate_image` on a ``(C, H, W)`` tensor, on whatever device it lives on.
+
+    torchvision's :func:`~torchvision.transforms.v2.functional.rotate` fills the corners with a
+    constant; to keep :func:`rotate_image`'s mirrored borders the image is reflect-padded by
+    enough that no output pixel maps outside it, rotated bilinearly and cropped back. 180° is
+    an exact flip. uint8 in, uint8 out.
+    """
+    from torchvision.transforms.v2 import functional as tvf
+
+    angle = float(angle) % 360.0
+    if angle == 0.0:
+        return image
+    if angle == 180.0:
+        return torch.flip(image, dims=(-2, -1))
+    height, width = image.shape[-2:]
+    theta = math.radians(angle)
+    c, s = abs(math.cos(theta)), abs(math.sin(theta))
+    # Half-extent of the rotated output box, in input coordinates, minus the input's own.
+    pad_y = math.ceil(max((s * width + c * height - height) / 2, 0)) + 2
+    pad_x = math.ceil(max((c * width + s * height - width) / 2, 0)) + 2
+    # Reflect padding needs pad < size; pad again if one pass is not enough (very thin images).
+    padded = image.float()
+    while pad_y > 0 or pad_x > 0:
+        py = min(pad_y, padded.shape[-2] - 1)
+        px = min(pad_x, padded.shape[-1] - 1)
+        padded = torch.nn.functional.pad(padded[None], (px, px, py, py), mode="reflect")[0]
+        pad_y, pad_x = pad_y - py, pad_x - px
+    rotated = tvf.rotate(padded, angle, interpolation=tvf.InterpolationMode.BILINEAR)
+    out = tvf.center_crop(rotated, [height, width])
+    return out.round_().clamp_(0, 255).to(image.dtype)
+
+
+def dihedral_tensor(image: torch.Tensor, view: int) -> torch.Tensor:
+    """:func:`dihedral` on a ``(C, H, W)`` tensor (``horizontal_flip``, then quarter turns)."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    if not 0 <= view < 8:
+        raise ValueError(f"dihedral view must be in 0..7, got {view}")
+    if view >= 4:
+        image = tvf.horizontal_flip(image)
+    return torch.rot90(image, view % 4, dims=(-2, -1))
+
+
+def tensor_block_batches(
+    image: torch.Tensor, coords: np.ndarray | torch.Tensor, block_size: int, batch_size: int
+) -> Iterator[torch.Tensor]:
+    """:func:`block_batches` on a ``(C, H, W)`` tensor, through :meth:`torch.Tensor.unfold`.
+
+    ``image.unfold`` twice is a strided view of every k×k window (no copy); indexing it with a
+    batch of top-left corners gathers just that batch, on the image's device.
+
+    Yields
+    ------
+    (B, C, k, k) tensor
+        Channels first, ``image.dtype``.
+    """
+    pad_h = max(block_size - image.shape[-2], 0)
+    pad_w = max(block_size - image.shape[-1], 0)
+    if pad_h or pad_w:
+        image = torch.nn.functional.pad(
+            image[None].float(), (0, pad_w, 0, pad_h), mode="replicate"
+        )[0].to(image.dtype)
+    windows = image.unfold(1, block_size, 1).unfold(2, block_size, 1)  # (C, H', W', k, k)
+    coords = torch.as_tensor(np.asarray(coords), dtype=torch.long, device=image.device)
+    for start in range(0, len(coords), batch_size):
+        ys, xs = coords[start : start + batch_size].T
+        yield windows[:, ys, xs].transpose(0, 1)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -365,9 +481,13 @@ class BlockEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
 
-    def forward(self, blocks: torch.Tensor) -> torch.Tensor:
-        x = blocks.permute(0, 3, 1, 2).float()
-        return self.trunk((x - self.mean) / self.std)
+    def forward(self, blocks: torch.Tensor, *, channels_first: bool = False) -> torch.Tensor:
+        """``(B, k, k, 3)`` uint8 blocks (``(B, 3, k, k)`` with ``channels_first``) -> ``(B, 512)``."""
+        x = blocks if channels_first else blocks.permute(0, 3, 1, 2)
+        x = (x.float() - self.mean) / self.std
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.trunk(x)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(resnet18, weights={self.weights_name})"
