@@ -124,16 +124,15 @@ class TrainOptions:
     threads : int or None
         ``torch.set_num_threads``; None leaves torch's default.
     deterministic : bool
-        ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking (off: cuDNN picks the
-        fastest kernels, ``cudnn.benchmark``).
-    compile : bool
-        ``torch.compile`` the model (in place, same weights and checkpoints); an execution
-        detail like ``device``, not part of the fingerprint.
+        ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking.
     bn_recalibration : int
         Before every validation, recompute the BatchNorm running statistics of the current
         weights from this many training batches ("precise BN", :func:`recalibrate_batchnorm`);
         0 keeps PyTorch's running averages. Not in any paper: with few optimiser steps the
         running averages lag the weights and eval-mode outputs collapse to a constant.
+    compile : bool
+        ``torch.compile`` the model (in place, same weights and checkpoints); an execution
+        detail like ``device``, not part of the fingerprint.
     """
 
     backbone: str = "efficientnet_b0"
@@ -214,9 +213,9 @@ class TrainOptions:
         d = self.to_dict()
         for k in ("device", "num_workers", "threads"):
             d.pop(k)
-        d.pop("compile")  # execution only; popped apart so older fingerprints stay valid
         if not d["bn_recalibration"]:  # the default: fingerprints of older runs stay valid
             d.pop("bn_recalibration")
+        d.pop("compile")  # execution only; popped apart so older fingerprints stay valid
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -761,6 +760,21 @@ class _Run:
     stale: int = 0
 
 
+#: A model factory (``train_model(model_factory=...)``): builds the model from the options instead
+#: of :func:`build_model`. It may define ``fingerprint() -> str`` so that checkpoints written with
+#: another factory configuration are not resumed; the model needs a ``backbone`` module (frozen
+#: during warm-up epochs) and a ``weights_name``.
+ModelFactory = Callable[[TrainOptions], nn.Module]
+
+
+def _factory_fingerprint(model_factory: ModelFactory | None) -> str:
+    """What identifies a factory in the checkpoint fingerprint ('' for :func:`build_model`)."""
+    if model_factory is None:
+        return ""
+    own = getattr(model_factory, "fingerprint", None)
+    return str(own()) if callable(own) else getattr(model_factory, "__qualname__", "factory")
+
+
 def _amp_dtype(options: TrainOptions, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: bf16 where the GPU supports it, else fp16 (with a GradScaler); None off
     CUDA or without ``amp``."""
@@ -777,21 +791,6 @@ def _execution(device: torch.device, options: dict[str, Any]) -> dict[str, Any]:
     """
     amp = bool(options.get("amp")) and device.type == "cuda"
     return {"device": device.type, "amp": amp, "num_workers": options.get("num_workers", 0)}
-
-
-#: A model factory (``train_model(model_factory=...)``): builds the model from the options instead
-#: of :func:`build_model`. It may define ``fingerprint() -> str`` so that checkpoints written with
-#: another factory configuration are not resumed; the model needs a ``backbone`` module (frozen
-#: during warm-up epochs) and a ``weights_name``.
-ModelFactory = Callable[[TrainOptions], nn.Module]
-
-
-def _factory_fingerprint(model_factory: ModelFactory | None) -> str:
-    """What identifies a factory in the checkpoint fingerprint ('' for :func:`build_model`)."""
-    if model_factory is None:
-        return ""
-    own = getattr(model_factory, "fingerprint", None)
-    return str(own()) if callable(own) else getattr(model_factory, "__qualname__", "factory")
 
 
 def _setup(
@@ -1003,8 +1002,8 @@ def train_model(
     checkpoint_dir: str | Path,
     history_path: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     model_factory: ModelFactory | None = None,
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a classifier, checkpointing every epoch, and return the best one.
 
@@ -1025,13 +1024,13 @@ def train_model(
     on_epoch_end : callable, optional
         Called as ``on_epoch_end(epoch, row)`` after the checkpoint of each epoch is written
         (used by tests to kill a run).
+    model_factory : callable, optional
+        Builds the model from ``options`` instead of :func:`build_model` (siim2020's metadata
+        head and experts, :mod:`melrepro.methods.metadata_models`); see :data:`ModelFactory`.
     device_transform : callable, optional
         Training augmentation run on the device, per image of each uint8 batch (for example
         :func:`melrepro.methods.transforms.train_transform`); the training set's own transform
         is then skipped and the loader only collates cached uint8 images.
-    model_factory : callable, optional
-        Builds the model from ``options`` instead of :func:`build_model` (siim2020's metadata
-        head and experts, :mod:`melrepro.methods.metadata_models`); see :data:`ModelFactory`.
 
     Returns
     -------
