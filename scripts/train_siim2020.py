@@ -1,9 +1,12 @@
 """Rule train_siim2020: train one (protocol, model, dataset), threshold on the evaluation set."""
 
+from melrepro.methods.gpu_slots import claim_gpus
 from melrepro.papers.siim2020 import train_model_on
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
+# This job's own GPU(s), before torch initialises CUDA (see melrepro.methods.gpu_slots).
+claim_gpus(snakemake.resources.get("gpu", 0))
 train_model_on(
     snakemake.input.manifest,
     snakemake.input.rows,

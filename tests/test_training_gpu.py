@@ -120,3 +120,18 @@ def test_training_with_device_augmentation_is_reproducible(tmp_path):
     a, b = (r.model.state_dict() for r in results)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert results[0].history["train_loss"].nunique() == 3
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_to_the_same_checkpoint_format(tmp_path):
+    """Check compile=True trains, keeps the fingerprint of the same options uncompiled, and
+    writes a best.pt that an uncompiled model loads (state_dict keys unchanged)."""
+    images, labels = _data(16)
+    ds = training.ArrayDataset(images, labels)
+    opts = training.TrainOptions.from_dict({**TINY, "epochs": 1, "compile": True})
+    plain = training.TrainOptions.from_dict({**TINY, "epochs": 1})
+    assert opts.fingerprint() == plain.fingerprint()
+    result = training.train_model(ds, ds, opts, checkpoint_dir=tmp_path)
+    assert np.isfinite(result.history["train_loss"]).all()
+    model = training.load_model(tmp_path / "best.pt", plain)
+    assert isinstance(model, training.CNNClassifier)

@@ -150,6 +150,9 @@ class TrainOptions:
         weights from this many training batches ("precise BN", :func:`recalibrate_batchnorm`);
         0 keeps PyTorch's running averages. Not in any paper: with few optimiser steps the
         running averages lag the weights and eval-mode outputs collapse to a constant.
+    compile : bool
+        ``torch.compile`` the model (in place, same weights and checkpoints); an execution
+        detail like ``device``, not part of the fingerprint.
     """
 
     backbone: str = "efficientnet_b0"
@@ -190,6 +193,7 @@ class TrainOptions:
     class_weights: list[float] | None = None
     sampler_class_balanced: bool = False
     bn_recalibration: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -250,6 +254,7 @@ class TrainOptions:
             d.pop(k)
         if not d["bn_recalibration"]:  # the default: fingerprints of older runs stay valid
             d.pop("bn_recalibration")
+        d.pop("compile")  # execution only; popped apart so older fingerprints stay valid
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -912,6 +917,8 @@ def _setup(
     if device.type == "cuda":
         # Faster convolutions on tensor cores; CPU runs keep the default layout (same numbers).
         model = model.to(memory_format=torch.channels_last)
+    if options.compile:
+        model.compile()  # nn.Module.compile: in place, state_dict keys unchanged
     optimizer = _make_optimizer(model, options)
     return _Run(
         model=model,
