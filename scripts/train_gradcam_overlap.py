@@ -1,9 +1,12 @@
 """Rule train_gradcam_overlap: one 8-class ISIC 2019 classifier (VGG16 or ResNet50) of paper 004."""
 
+from melrepro.methods.gpu_slots import claim_gpus
 from melrepro.papers.gradcam_overlap import train_classifier
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
+# This job's own GPU(s), before torch initialises CUDA (see melrepro.methods.gpu_slots).
+claim_gpus(snakemake.resources.get("gpu", 0))
 train_classifier(
     snakemake.input.manifest,
     snakemake.input.split,

@@ -51,6 +51,8 @@ if GRADCAM:
             manifest=manifest("isic2019"),
             split=GRADCAM_SPLIT,
             cache=gradcam_cache,
+            # ImageNet weights for offline nodes (weights.smk); empty unless pretrained.
+            weights=lambda wc: torchvision_weights(GRADCAM["models"][wc.model]["backbone"]),
         output:
             model=f"{GRADCAM_DIR}/models/{{model}}/model.pt",
             history=f"{GRADCAM_DIR}/models/{{model}}/history.csv",
@@ -120,7 +122,6 @@ if GRADCAM:
         resources:
             mem_mb=GRADCAM["gradcam_mem_mb"],
             runtime=120,
-            gpu=1,
         params:
             layer=lambda wc: gradcam_model(wc)["layer"],
             grid=lambda wc: gradcam_model(wc)["grid"],
