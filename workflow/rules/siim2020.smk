@@ -103,6 +103,7 @@ if SIIM:
             rows=f"{SIIM_DIR}/datasets/{{protocol}}/rows.parquet",
             counts=f"{SIIM_DIR}/datasets/{{protocol}}/counts.json",
             images=siim_prepared("images"),
+            weights=torchvision_weights("resnet18"),
         output:
             model=f"{SIIM_DIR}/models/{{protocol}}/{{model}}/{{dataset}}/model.pt",
             history=f"{SIIM_DIR}/models/{{protocol}}/{{model}}/{{dataset}}/history.csv",
