@@ -380,3 +380,22 @@ def test_class_overlap_swaps_styles_across_malignancy_only() -> None:
     )
     with pytest.raises(ValueError, match="only defined for"):
         plan_dataset("isic2019", {**resolve_spec("isic2019", None), "class_overlap": 0.1}, 7)
+
+
+def test_difficulty_repaints_a_share_of_lesions_and_changes_nothing_else() -> None:
+    """Check class overlap: isic2017 at difficulty 0.3 paints ~30 % of lesions in a confusable
+    style and keeps the ids, labels, splits and scenes of difficulty 0."""
+    from melrepro.data.synthetic.plan import plan_dataset
+
+    spec = resolve_spec("isic2017", {"counts": {"train": {"melanoma": 150, "nevus": 150}},
+                                     "difficulty": 0.3})  # fmt: skip
+    assert 0 < DEFAULT_SPEC["isic2017"]["difficulty"] < 0.3
+    hard = plan_dataset("isic2017", spec, seed=0)
+    easy = plan_dataset("isic2017", {**spec, "difficulty": 0.0}, seed=0)
+    assert [(p.image_id, p.label, p.split, p.scene) for p in hard] == [
+        (p.image_id, p.label, p.split, p.scene) for p in easy
+    ]
+    assert all(p.style == p.label for p in easy)  # isic2017 classes are painted as themselves
+    swapped = np.array([p.style != p.label for p in hard])
+    assert 0.2 < swapped.mean() < 0.4
+    assert {p.style for p in hard if p.label == "nevus" and p.style != "nevus"} == {"melanoma"}

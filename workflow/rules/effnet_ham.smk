@@ -194,8 +194,8 @@ if EFFNET_HAM:
         threads: EFFNET_HAM["threads"]
         resources:
             mem_mb=EFFNET_HAM["mem_mb"],
+            # Grad-CAM of the test images runs on the CPU (minutes): no GPU slot held idle.
             runtime=60,
-            gpu=1,
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),

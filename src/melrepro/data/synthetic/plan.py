@@ -101,6 +101,12 @@ _MALE = {
     "vascular": 0.5,
 }
 _SEVERITY = ["melanoma", "scc", "bcc", "actinic_keratosis"]  # a patient's "worst" lesion
+#: Styles a lesion of each style may be painted in when the spec's ``difficulty`` > 0.
+_OVERLAP = {
+    "melanoma": ("nevus", "seborrheic_keratosis"),
+    "nevus": ("melanoma",),
+    "seborrheic_keratosis": ("melanoma",),
+}
 
 _SITES = (
     "posterior torso",
@@ -243,6 +249,9 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
     """Draw the population of ``dataset`` (``spec`` already resolved): one plan per image, in
     id order (official splits in layout order, classes shuffled within a split)."""
     rng = np.random.default_rng(seed + SEED_OFFSET[dataset])
+    # difficulty draws come from their own stream: difficulty 0 leaves every other draw as is
+    difficulty = float(spec.get("difficulty", 0.0))
+    difficulty_rng = np.random.default_rng([seed + SEED_OFFSET[dataset], 12])
     layout = DATASETS[dataset]
     # 1. lesions of every split, each with its class, style and number of images
     by_split: dict[str, list[dict[str, Any]]] = {}
@@ -281,7 +290,11 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
             pid, sex, age = patients[o]
             weights = _SITE_WEIGHTS[sex] * _SITE_FACTOR.get(les["style"], 1)
             site = str(rng.choice(_SITES, p=weights / weights.sum()))
-            lesion = sample_lesion(les["style"], np.random.default_rng(int(rng.integers(2**62))))
+            painted = les["style"]
+            if difficulty > 0 and painted in _OVERLAP and difficulty_rng.uniform() < difficulty:
+                painted = str(difficulty_rng.choice(_OVERLAP[painted]))
+            les["painted"] = painted
+            lesion = sample_lesion(painted, np.random.default_rng(int(rng.integers(2**62))))
             extra = {}
             if dataset == "isic2018_task3":
                 extra = {
@@ -316,7 +329,7 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
                 split=split,
                 label=les["label"],
                 diagnosis=les["diagnosis"],
-                style=les["style"],
+                style=les.get("painted", les["style"]),
                 patient_id=f"IP_{patient_ids[pnum]:07d}",
                 lesion_id=_lesion_id(dataset, int(lesion_ids[lnum])),
                 sex=sex,
