@@ -397,14 +397,22 @@ def plot_scorecard(card: pd.DataFrame, output: str | Path, *, paper: str) -> Non
                     lw=1,
                 )
             agree = part["verdict"].isin(["agrees", "exact", "same"]).to_numpy()
-            ax.scatter(x[~agree], y[~agree], s=16, color=colour, label=f"{quantity}")
             ax.scatter(
                 x[agree],
                 y[agree],
-                s=30,
-                facecolors="none",
+                s=22,
+                color=colour,
                 edgecolors="k",
-                label=f"{quantity}, agrees",
+                linewidths=0.5,
+                label=f"{quantity}: agrees ({int(agree.sum())})",
+            )
+            ax.scatter(
+                x[~agree],
+                y[~agree],
+                s=26,
+                color=colour,
+                marker="x",
+                label=f"{quantity}: differs or not judged ({int((~agree).sum())})",
             )
             lo = float(np.nanmin(np.concatenate([x, y, low[has]])))
             hi = float(np.nanmax(np.concatenate([x, y, high[has]])))
@@ -421,5 +429,5 @@ def plot_scorecard(card: pd.DataFrame, output: str | Path, *, paper: str) -> Non
         ax.set_ylabel("reproduced")
         ax.set_title(f"{quantity}: {len(part)} of {n_total} reproduced", fontsize=9)
     source = ", ".join(sorted(set(card["data_source"].astype(str)))) or "-"
-    fig.suptitle(f"{paper}: paper vs reproduced ({source} data; dashed: identity)", fontsize=10)
+    fig.suptitle(f"{paper}: paper vs reproduced\n({source} data; dashed: identity)", fontsize=10)
     save_figure(fig, output)
