@@ -1146,7 +1146,11 @@ def _images(
     """Working-resolution image and mask of a few images, reading only their shards."""
     shards = sorted({int(manifest.at[i, "shard"]) for i in ids})
     paths = [p for p in cache_paths if any(f"shard-{s:03d}" in str(p) for s in shards)]
-    cache = _read_cache(paths)
+    cache = {}
+    for path in paths:  # one shard in memory at a time; keep only the images drawn
+        shard = _read_cache([path])
+        cache.update({i: shard[i] for i in ids if i in shard})
+        del shard
     out = {}
     for image_id in ids:
         row = manifest.loc[image_id]
