@@ -24,6 +24,7 @@ include: "workflow/rules/data.smk"
 # ---- the papers ----
 include: "workflow/rules/gcn_mil.smk"
 include: "workflow/rules/sp_graphs.smk"
+include: "workflow/rules/siim2020.smk"
 include: "workflow/rules/effnet_ham.smk"
 # ---- scorecard, rule graphs, report ----
 include: "workflow/rules/report.smk"

@@ -1,9 +1,12 @@
 """Rule evaluate_gcn_mil: test metrics and Eq. 3 segmentation (eta chosen on training) of one run."""
 
+from melrepro.methods.gpu_slots import claim_gpus
 from melrepro.papers.gcn_mil import evaluate_gcn_mil
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
+# This job's own GPU(s), before torch initialises CUDA (see melrepro.methods.gpu_slots).
+claim_gpus(snakemake.resources.get("gpu", 0))
 evaluate_gcn_mil(
     snakemake.input.model,
     snakemake.input.features,

@@ -1,9 +1,12 @@
 """Rule extract_gcn_mil_features: bags and frozen ResNet18 block features of one isic2017 cache shard."""
 
+from melrepro.methods.gpu_slots import claim_gpus
 from melrepro.papers.gcn_mil import extract_gcn_mil_features
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
+# This job's own GPU(s), before torch initialises CUDA (see melrepro.methods.gpu_slots).
+claim_gpus(snakemake.resources.get("gpu", 0))
 extract_gcn_mil_features(
     snakemake.input.cache,
     snakemake.input.manifest,

@@ -10,6 +10,8 @@ card = score_paper(
     snakemake.input.paper_values,
     snakemake.params.tables_dir,
     data_source=snakemake.params.data_source,
+    quantities_path=snakemake.input.quantities,
+    paper=snakemake.wildcards.paper,
 )
 Path(snakemake.output.scorecard).parent.mkdir(parents=True, exist_ok=True)
 card.to_csv(snakemake.output.scorecard, index=False)

@@ -1,9 +1,12 @@
-"""Rule train_effnet_ham: train one table01 variant, pick the Youden threshold, evaluate on test."""
+"""Rule train_effnet_ham: train one table01 variant, evaluate on test (Youden on validation, 95 % specificity on test)."""
 
+from melrepro.methods.gpu_slots import claim_gpus
 from melrepro.papers.effnet_ham import train_variant
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
+# This job's own GPU(s), before torch initialises CUDA (see melrepro.methods.gpu_slots).
+claim_gpus(snakemake.resources.get("gpu", 0))
 train_variant(
     snakemake.input.manifest,
     snakemake.input.split,
@@ -20,4 +23,5 @@ train_variant(
     run_info=snakemake.params.run_info,
     threads=snakemake.threads,
     num_workers=snakemake.params.loader_workers,
+    n_bootstrap=snakemake.params.n_bootstrap,
 )

@@ -1,6 +1,7 @@
 """Tests for melrepro.papers.effnet_ham: labels, lesion-grouped splits, and a tiny end-to-end run."""
 
 import json
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,23 @@ def task3(tmp_path_factory):
     ids = [f"ISIC_{i:07d}" for i in range(n)]
     labels = [LABELS[i % len(LABELS)] for i in range(n)]
     lesions = [f"HAM_{i // 2:07d}" for i in range(n)]  # two images per lesion
+    # The first half has an official-style lesion segmentation in a zip (as HAM10000's training
+    # images); the rest only the twin's truth masks.
+    zip_name = "HAM10000_segmentations_lesion_tschandl.zip"
+    mask_uri = [
+        f"{zip_name}::HAM10000_segmentations_lesion_tschandl/{i}_segmentation.png"
+        if k < n // 2
+        else None
+        for k, i in enumerate(ids)
+    ]
     manifest = pd.DataFrame(
-        {"image_id": ids, "label": labels, "lesion_id": lesions, "shard": [i % 2 for i in range(n)]}
+        {
+            "image_id": ids,
+            "label": labels,
+            "lesion_id": lesions,
+            "shard": [i % 2 for i in range(n)],
+            "mask_uri": pd.array(mask_uri, dtype="string"),
+        }
     )
     manifest.to_parquet(root / "manifest.parquet")
     lesion_split = {
@@ -51,6 +67,14 @@ def task3(tmp_path_factory):
             image[10:26, 16:32] = 220
         shards[i % 2][f"image__{image_id}"] = image
         Image.fromarray(mask * 255).save(root / "truth" / f"{image_id}_mask.png")
+    with zipfile.ZipFile(root / zip_name, "w") as archive:
+        for uri in filter(None, mask_uri):
+            image_id = uri.rsplit("/", 1)[1].removesuffix("_segmentation.png")
+            buf = root / "tmp.png"
+            mask = np.zeros((36, 48), np.uint8)
+            mask[10:26, 16:32] = 255
+            Image.fromarray(mask).save(buf)
+            archive.write(buf, uri.split("::")[1])
     paths = []
     for k, arrays in enumerate(shards):
         path = root / f"shard-{k:03d}.npz"
@@ -131,10 +155,20 @@ def test_tiny_end_to_end(task3, tmp_path):
     assert t["tp"] + t["fn"] == int(test["target"].sum())
     assert t["tp"] == int(((test["prediction"] == 1) & (test["target"] == 1)).sum())
 
+    # Both protocols, with the authors' rule on test: specificity >= 0.95 at its threshold.
+    t95 = info["test_spec95"]
+    assert t95["tn"] / (t95["tn"] + t95["fp"]) >= 0.95
+    assert info["probability_sd"]["test"] == pytest.approx(test["probability"].std(ddof=0))
     table = effnet_ham.tabulate_results(
         [out / "metrics.json"], ["Baseline 2"], tmp_path / "table01.csv"
     )
-    assert table.loc["Baseline 2", "AUROC"] == pytest.approx(t["auroc"])
+    assert table.loc[("Baseline 2", "Youden (validation)"), "AUROC"] == pytest.approx(t["auroc"])
+    row95 = table.loc[("Baseline 2", "95% specificity (test)")]
+    assert row95["Recall"] == pytest.approx(t95["recall"])
+    assert row95["n test"] == len(test)
+    for column in effnet_ham.METRIC_COLUMNS:
+        assert (table[f"{column} CI low"] <= table[column] + 1e-9).all()
+        assert (table[column] <= table[f"{column} CI high"] + 1e-9).all()
     assert (tmp_path / "table01.md").exists()
 
     counts = effnet_ham.plot_class_distribution(
@@ -154,13 +188,24 @@ def test_tiny_end_to_end(task3, tmp_path):
         tmp_path / "cams.npz",
         tmp_path / "cams.csv",
         overrides=None,
+        output_summary=tmp_path / "cams.json",
+        archive_dir=root,
         truth_dir=root / "truth",
+        target_layer="layer3",
         n_examples=2,
         **common,
     )
     assert len(cams) == len(test)
-    assert set(cams["region"]) == {"mask"}
+    # The official segmentation where the manifest has one, else the twin's truth mask.
+    official = test["image_id"].isin(ids_with_mask(root))
+    assert (cams["region"] == np.where(official, "segmentation", "truth")).all()
     assert cams["outside_fraction"].dropna().between(0, 1).all()
+    # The 16x16 lesion of a 36x48 image, centre-cropped to 36x36 and resized to 32x32.
+    assert cams["area_outside"].iloc[0] == pytest.approx(1 - (16 * 16) / (36 * 36), abs=0.03)
+    summary = json.loads((tmp_path / "cams.json").read_text())
+    assert summary["n_maps"] == len(test)
+    assert summary["n_empty"] == int(cams["empty"].sum())
+    assert summary["target"] == "malignant logit"
     data = np.load(tmp_path / "cams.npz")
     assert data["maps"].min() >= 0
     assert data["maps"].max() <= 1
@@ -176,13 +221,41 @@ def test_tiny_end_to_end(task3, tmp_path):
         assert (tmp_path / f"{fig}.pdf").exists()
 
 
+def ids_with_mask(root):
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    return set(manifest.loc[manifest["mask_uri"].notna(), "image_id"])
+
+
+def test_mean_pairwise_correlation_known_answers():
+    """Check identical maps correlate 1, a map and its negative -1, empty maps are left out."""
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    assert effnet_ham.mean_pairwise_correlation(np.stack([ramp] * 3)) == pytest.approx(1.0)
+    pair = np.stack([ramp, 1 - ramp, np.zeros((8, 8))])
+    assert effnet_ham.mean_pairwise_correlation(pair) == pytest.approx(-1.0)
+    noise = np.random.default_rng(0).uniform(size=(40, 16, 16))
+    assert abs(effnet_ham.mean_pairwise_correlation(noise)) < 0.05
+
+
+def test_bad_gradcam_layer_is_named():
+    """Check an unknown target layer names itself and an example."""
+    from melrepro.methods import training
+
+    model = training.build_model(training.TrainOptions(backbone="resnet18"))
+    with pytest.raises(ValueError, match="'nope' is not a submodule.*features.3"):
+        effnet_ham._target_layer(model, "nope")
+    assert effnet_ham._target_layer(model, None) is model.backbone.layer4[-1]
+
+
 @pytest.mark.slow
 def test_default_run_learns_on_the_synthetic_twin(tmp_path):
-    """Check the embedded default run of effnet_ham learns: Baseline 2 test AUROC > 0.7.
+    """Check the embedded default run of effnet_ham learns and no model is degenerate.
 
     Runs the workflow (synthetic task-3 twin, default config) in a scratch folder. Chance is
     0.5; with ~10 malignant and ~25 benign test images the SD of a chance AUROC is about 0.1,
-    so 0.7 is two SDs above chance. Also checks table01 has the five rows and that fig01-fig06
+    so 0.7 is two SDs above chance. A model whose test probabilities barely vary (SD below
+    effnet_ham.DEGENERATE_SD, the BatchNorm failure of issue 12) fails even if its ranks give a
+    good AUROC. Grad-CAM maps must be non-empty and image-specific (mean pairwise correlation
+    below 0.8). Also checks table01 has the five runs under both protocols and that fig01-fig06
     (except the rule-graph fig04) are drawn.
     """
     import subprocess
@@ -212,13 +285,23 @@ def test_default_run_learns_on_the_synthetic_twin(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / "results/effnet_ham/models/baseline2/metrics.json").read_text())
     assert info["test"]["auroc"] > 0.7
+    for variant in ("baseline1", "baseline2", "res300", "mixup", "shades_of_grey"):
+        path = tmp_path / f"results/effnet_ham/models/{variant}/metrics.json"
+        spread = json.loads(path.read_text())["probability_sd"]
+        assert spread["test"] > effnet_ham.DEGENERATE_SD, variant
+    summary = json.loads(
+        (tmp_path / "results/effnet_ham/gradcam/baseline2/summary.json").read_text()
+    )
+    assert summary["n_empty"] == 0
+    assert summary["mean_pairwise_correlation"] < 0.8
     table = pd.read_csv(tmp_path / "results/effnet_ham/tables/table01.csv")
-    assert table["Model"].tolist() == [
+    assert table["Model"].drop_duplicates().tolist() == [
         "Baseline 1",
         "Baseline 2",
         "300x300",
         "Mixup 0.2",
         "Shades of grey",
     ]
+    assert set(table["Protocol"]) == {p[0] for p in effnet_ham.PROTOCOLS}
     for target in targets:
         assert (tmp_path / target).exists()

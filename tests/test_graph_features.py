@@ -177,3 +177,78 @@ def test_graph_features_length_and_order_match_the_paper_counts():
     node, glob = vertex_features(w)
     np.testing.assert_allclose(vec[: 6 * n], node.ravel())
     np.testing.assert_allclose(vec[6 * n : 6 * n + 5], glob)
+
+
+def _twin_node_signals(levels: tuple[int, ...] = (20, 60)) -> list[np.ndarray]:
+    """Node-signal matrices of twin lesions (melanoma, nevus, seborrheic keratosis) at ``levels``."""
+    from melrepro.data.synthetic import draw
+    from melrepro.methods.superpixels import node_signals, pixel_maps, superpixel_ensemble
+
+    out = []
+    spec = {"skin_tone_max": 1.0, "brightness_min": 0.8, "brightness_max": 1.1, "vignetting": 0.4,
+            "hair": 0.3, "ruler": 0.0, "max_render_side": 256}  # fmt: skip
+    for k, style in enumerate(("melanoma", "nevus", "seborrheic_keratosis")):
+        rng = np.random.default_rng(100 + k)
+        lesion = draw.sample_lesion(style, rng)
+        img = draw.render(
+            lesion, draw.sample_view(rng), draw.sample_scene(rng, 192, 144, spec)
+        ).image
+        maps = pixel_maps(img)
+        for labels in superpixel_ensemble(img, levels, lab=maps.slic_lab).values():
+            out.extend(node_signals(maps, labels).values())
+    return out
+
+
+@pytest.fixture(scope="module")
+def learned_twin_graphs() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(signals, MM-learned weights) of twin SEG graphs at 20 and 60 nodes."""
+    from melrepro.methods.graph_weights import learn_weights_mm, standardize_signals
+
+    out = []
+    for x in _twin_node_signals():
+        xs = standardize_signals(x)
+        out.append((xs, learn_weights_mm(xs).weights))
+    return out
+
+
+def test_vertex_features_of_learned_twin_graphs_equal_networkx(learned_twin_graphs):
+    """Check the features of sparse, partly disconnected learned graphs against networkx."""
+    n_components = []
+    for _, w in learned_twin_graphs[::3]:  # one signal kind per graph level and lesion
+        g = _nx_graph(w)
+        n_components.append(nx.number_connected_components(g))
+        node, glob = vertex_features(w)
+        ref_node, ref_glob = _nx_reference(w)
+        np.testing.assert_allclose(node, ref_node, rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(glob, ref_glob, rtol=TOL, atol=TOL)
+        assert glob[0] < 1e6  # CPL of the optimum, not of weights shrinking towards 0
+    assert max(n_components) >= 2  # the convention for disconnected graphs is exercised
+
+
+def test_learned_graph_features_do_not_move_when_the_tolerance_is_tightened(learned_twin_graphs):
+    """Check every feature of a learned graph moves < 1e-6 relative when tol is 100x tighter."""
+    from melrepro.methods.graph_weights import learn_weights_mm
+
+    for xs, w in learned_twin_graphs:
+        tight = learn_weights_mm(xs, tol=1e-8).weights
+        assert learn_weights_mm(xs, tol=1e-8).n_iter > learn_weights_mm(xs, tol=1e-6).n_iter
+        signal = xs[:, 0]
+        np.testing.assert_allclose(graph_features(tight, signal), graph_features(w, signal),
+                                   rtol=1e-6, atol=1e-12)  # fmt: skip
+
+
+def test_gft_of_a_disconnected_graph_uses_the_component_indicators():
+    """Check the null-space coefficients are |Σ_c s| / sqrt|c| per component, in node order."""
+    w = np.zeros((7, 7))
+    w[np.ix_([0, 2, 4], [0, 2, 4])] = _random_weights(3, seed=4)  # distinct eigenvalues
+    w[np.ix_([1, 3], [1, 3])] = 2.0 * (1 - np.eye(2))
+    w[5, 6] = w[6, 5] = 0.5
+    s = np.array([1.0, -2.0, 3.0, 0.5, 2.0, 4.0, -1.0])
+    coef, summary = spectral_features(w, s)
+    expected = [abs(1 + 3 + 2) / np.sqrt(3), abs(-2 + 0.5) / np.sqrt(2), abs(4 - 1) / np.sqrt(2)]
+    np.testing.assert_allclose(coef[:3], expected, rtol=1e-12)
+    assert summary[0] == pytest.approx(s @ s)  # Parseval still holds
+    # the same graph with its nodes relabelled gives the same multiset of coefficients
+    perm = np.array([6, 5, 4, 3, 2, 1, 0])
+    coef_p, _ = spectral_features(w[np.ix_(perm, perm)], s[perm])
+    np.testing.assert_allclose(np.sort(coef_p), np.sort(coef), rtol=1e-9, atol=1e-12)

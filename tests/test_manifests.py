@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melrepro.data.archive_io import IngestError
+from melrepro.data.archive_io import ArchiveFolder, IngestError, read_checked_csv
 from melrepro.data.layouts import DATASETS
 from melrepro.data.manifests import (
     MANIFEST_COLUMNS,
@@ -284,3 +284,78 @@ def test_ingest_is_deterministic(tiny_archives, tmp_path):
     )
     pd.testing.assert_frame_equal(a, b)
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+# ---- blank CSV fields are missing values, in every text column of every dataset ----
+
+
+def _csv_specs(dataset: str):
+    spec = DATASETS[dataset]
+    specs = [s for image_set in spec.image_sets for s in (image_set.labels, image_set.metadata)]
+    # The duplicates file holds references to images, which cannot be blank.
+    return [s for s in [*specs, *spec.extra_csvs] if s is not None and "Duplicates" not in s.file]
+
+
+def _blank_first_row(root: Path, csv_spec) -> list[str]:
+    """Blank every text (non-id) field of the first data row of one CSV; the blanked columns."""
+    blanked: list[str] = []
+
+    def rewrite(data: bytes) -> bytes:
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        for column in frame.columns:
+            kind = csv_spec.dtypes.get(column, "str")
+            if column != csv_spec.id_column and kind == "str":
+                frame.loc[0, column] = " " if len(blanked) % 2 else ""
+                blanked.append(column)
+        return frame.to_csv(index=False).encode()
+
+    if "::" in csv_spec.file:
+        zip_name, member = csv_spec.file.split("::")
+        _rewrite_zip(root / zip_name, lambda name, data: rewrite(data) if name == member else data)
+    else:
+        path = root / csv_spec.file
+        path.write_bytes(rewrite(path.read_bytes()))
+    return blanked
+
+
+#: Manifest columns that come from a CSV text column, per dataset (checked to be missing).
+_BLANKED_MANIFEST_COLUMNS = {
+    "isic2017": ["sex", "age"],
+    "isic_archive_melanoma": [],
+    "isic2018_task3": ["lesion_id", "sex", "site"],
+    "isic2019": ["lesion_id", "site", "sex"],
+    "isic2020": ["patient_id", "lesion_id", "sex", "site"],
+}
+
+
+@pytest.mark.parametrize("dataset", [d for d in DATASETS if _csv_specs(d)])
+def test_blank_text_fields_are_missing_values(archive_copy, dataset):
+    """Check a blank text field of any CSV reaches the index as a missing value, never as ''."""
+    root = archive_copy(dataset)
+    if dataset == "isic_archive_melanoma":  # its metadata.csv has free text columns to blank
+        path = root / "images" / "metadata.csv"
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame["notes"] = "x"
+        frame.to_csv(path, index=False)
+    blanked = {}
+    first_ids = {}
+    for csv_spec in _csv_specs(dataset):
+        blanked[csv_spec.file] = _blank_first_row(root, csv_spec)
+        with ArchiveFolder(root) as archive:
+            first_ids[csv_spec.file] = str(
+                read_checked_csv(archive, csv_spec)[csv_spec.id_column][0]
+            )
+    assert any(blanked.values()), "nothing was blanked: the test would not test anything"
+    index = index_dataset(root, dataset)
+    text = [c for c in index.columns if str(index[c].dtype) in ("string", "object")]
+    for column in text:
+        values = index[column].dropna().astype(str)
+        assert not (values.str.strip() == "").any(), f"{column} holds blank strings"
+    for csv_spec in _csv_specs(dataset):
+        row = index.set_index("image_id").loc[first_ids[csv_spec.file]]
+        for column in blanked[csv_spec.file]:
+            if f"raw_{column}" in index.columns:
+                assert pd.isna(row[f"raw_{column}"]), (csv_spec.file, column)
+    row = index.set_index("image_id").loc[first_ids[_csv_specs(dataset)[-1].file]]
+    for column in _BLANKED_MANIFEST_COLUMNS[dataset]:
+        assert pd.isna(row[column]), column

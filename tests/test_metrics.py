@@ -86,3 +86,52 @@ def test_labels_must_be_binary():
     """Check non-0/1 labels are rejected with the values found."""
     with pytest.raises(ValueError, match="0/1"):
         metrics.auroc(np.array([0, 2]), np.array([0.1, 0.2]))
+
+
+def test_specificity_threshold_is_the_authors_rule():
+    """Check the 95 %-specificity threshold against the authors' notebook rule and by hand.
+
+    20 negatives 0.00..0.95 and 5 positives: allowing 1 false positive of 20 (specificity 0.95)
+    the threshold is the highest negative score 0.95, so every positive above it is found.
+    """
+    neg = np.arange(20) / 20
+    pos = np.array([0.97, 0.96, 0.9, 0.5, 0.99])
+    y = np.r_[np.zeros(20, int), np.ones(5, int)]
+    s = np.r_[neg, pos]
+    t = metrics.specificity_threshold(y, s, 0.95)
+    assert t == pytest.approx(0.95)
+    pred = s >= t
+    assert (pred[y == 0]).mean() <= 0.05
+    assert pred[y == 1].sum() == 3
+    # The notebook's code, verbatim in spirit: roc_curve defaults, last index with spec >= 0.95.
+    from sklearn.metrics import roc_curve
+
+    fpr, _, thr = roc_curve(y, s)
+    assert t == pytest.approx(thr[np.where(1 - fpr >= 0.95)[0][-1]])
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_match_sklearn():
+    """Check the fast bootstrap metrics equal sklearn's on a resample and the CI brackets them."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    s = np.clip(y * 0.3 + rng.uniform(size=60), 0, 1)
+    auc, bal, f1, rec = metrics._fast_metrics(y, s, 0.6)
+    pred = (s >= 0.6).astype(int)
+    assert auc == pytest.approx(roc_auc_score(y, s))
+    assert bal == pytest.approx(balanced_accuracy_score(y, pred))
+    assert f1 == pytest.approx(f1_score(y, pred, average="macro"))
+    assert rec == pytest.approx(recall_score(y, pred))
+    ci = metrics.bootstrap_intervals(y, s, threshold=0.6, n_boot=300, seed=1)
+    for name, value in zip(
+        ("auroc", "balanced_accuracy", "macro_f1", "recall"), (auc, bal, f1, rec), strict=True
+    ):
+        low, high = ci[name]
+        assert low < value < high
+    # AUROC's interval on 60 images is about +-2 standard errors (~0.07 each), not a point.
+    assert 0.1 < ci["auroc"][1] - ci["auroc"][0] < 0.5
+    ci95 = metrics.bootstrap_intervals(y, s, specificity=0.95, n_boot=200, seed=1)
+    assert ci95["auroc"] != ci["auroc"] or ci95["recall"] != ci["recall"]
+    with pytest.raises(ValueError, match="exactly one"):
+        metrics.bootstrap_intervals(y, s)

@@ -95,12 +95,15 @@ def test_image_features_blocks_and_sizes():
     # the SHG's finest level is the SEG map of that size: identical features
     np.testing.assert_array_equal(blocks["shg-learned-texture-tau0-n20"],
                                   blocks["seg-learned-texture-tau0-n20"])  # fmt: skip
-    # pruning half the edges halves the density (4th global feature)
+    # pruning half of the weighted edges halves the density (4th global feature) of the
+    # sparse learned graph: ceil(r₊ / 2) of its r₊ edges stay
     n = 40
+    pairs = n * (n - 1) / 2
+    full = blocks[variant_key("seg", "learned", "color", 0.0, n)][6 * n + 3]
     dens = blocks[variant_key("seg", "learned", "color", 0.5, n)][6 * n + 3]
-    assert dens == pytest.approx(
-        np.floor(0.5 * n * (n - 1) / 2 + 0.5) / (n * (n - 1) / 2), abs=0.01
-    )
+    assert 0.02 < full < 0.5  # learned graphs are sparse
+    r_plus = round(full * pairs)
+    assert dens * pairs == pytest.approx(r_plus - np.floor(0.5 * r_plus))
 
 
 def test_conventional_features_are_394_finite_and_colour_sensitive():
@@ -157,7 +160,11 @@ def test_round_trip_features_cv_tables_figures(toy_dataset, tmp_path):
     outputs = {f"table{i:02d}": tmp_path / "tables" / f"table{i:02d}.csv" for i in range(1, 13)}
     write_tables(metrics, PAPER_VALUES, outputs, main_protocol="within_fold")
     t1 = pd.read_csv(outputs["table01"])
-    assert list(t1.columns) == ["Graph level", "Metric", "SVM", "RF"]
+    assert list(t1.columns) == ["Graph level", "Metric", "SVM", "RF", "Edge density (%)"]
+    # the learned graphs' sparsity is recorded: complete Gaussian graphs, sparse learned ones
+    np.testing.assert_allclose(t1["Edge density (%)"], 100.0)
+    t4 = pd.read_csv(outputs["table04"])
+    assert ((t4["Edge density (%)"] > 1) & (t4["Edge density (%)"] < 50)).all()
     assert t1["Graph level"].unique().tolist() == ["n=20", "n=40", "fused"]
     # the scorecard finds our rows under the paper's keys
     assert lookup(t1, "fused / AUC", "SVM") is not None
@@ -166,9 +173,15 @@ def test_round_trip_features_cv_tables_figures(toy_dataset, tmp_path):
     assert lookup(t7, "Learned / AC", "Color [before_cv]") is not None
     t11 = pd.read_csv(outputs["table11"])
     assert t11["Pruning threshold"].unique().tolist() == ["tau=0%", "tau=50%"]
+    # pruning removes half of the edges that carry weight, not zeros: density halves
+    dens = t11.groupby("Pruning threshold", sort=False)["Edge density (%)"].first()
+    assert dens["tau=50%"] == pytest.approx(dens["tau=0%"] / 2, rel=0.15)
     t12 = pd.read_csv(outputs["table12"])
     assert t12["Author"].iloc[-1] == "Proposed Approach"
     assert len(t12) == 11
+    assert t12["Features"].notna().all()
+    chatterjee = t12.set_index("Author").loc["Chatterjee et al. [48]"]
+    assert float(chatterjee["AUC"]) == pytest.approx(0.9852)  # section 7.5: an AUC
 
     plot_results(metrics, selection, tmp_path / "fig05.png", tmp_path / "fig06.png")
     plot_examples([shard], manifest, *(tmp_path / f"fig0{i}.png" for i in (1, 2, 3)),

@@ -92,3 +92,29 @@ def test_bad_fractions_and_names_are_refused():
         grouped_split(np.zeros(10), np.arange(10), [0.5, 0.2, 0.2], seed=0)
     with pytest.raises(ValueError, match="expected one of official"):
         make_split(_manifest(), "random", seed=0)
+
+
+@pytest.mark.parametrize("n_lesions", [90, 160, 400])
+def test_lesion_split_is_as_close_to_70_15_15_as_groups_allow(n_lesions):
+    """Check test and val hold 15 % within one lesion's images (not 1/7 = 14.3 %, issue 12).
+
+    Parts are built from folds of 20 (subset sum over the fold sizes), so the part can only miss
+    15 % by less than the largest lesion (3 images here) plus rounding.
+    """
+    manifest = _manifest(n_lesions, seed=2)
+    split = make_split(manifest, "lesion_70_15_15", seed=4)["split"]
+    n = len(manifest)
+    counts = split.value_counts()
+    assert abs(counts["test"] - 0.15 * n) <= 3
+    assert abs(counts["val"] - 0.15 * n) <= 3
+
+
+def test_patient_split_keeps_one_fold():
+    """Check patient_85_15 (siim2020) is still one fold of round(1 / 0.15) = 7 folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    manifest = _manifest(200)
+    split = make_split(manifest, "patient_85_15", seed=5)["split"].to_numpy()
+    y, groups = manifest["label"].to_numpy(), manifest["patient_id"].to_numpy()
+    _, held = next(StratifiedGroupKFold(7, shuffle=True, random_state=6).split(y, y, groups))
+    assert (np.flatnonzero(split == "val") == np.sort(held)).all()

@@ -12,6 +12,7 @@ from melrepro.methods.superpixels import (
     TEXTURE_SIGNALS,
     _slic,
     exact_superpixels,
+    merge_pairs,
     merge_to,
     node_signals,
     pixel_maps,
@@ -80,6 +81,49 @@ def test_superpixel_hierarchy_counts_and_unique_parents(photo):
             under = np.unique(h.labels[coarse][h.labels[fine] == region])
             assert under.tolist() == [parent[region]]
         assert set(parent.tolist()) == set(range(coarse))  # every coarse region has children
+
+
+@pytest.fixture(scope="module")
+def twin_lesion() -> np.ndarray:
+    """A twin melanoma (the synthetic archive's painter) at 192x256."""
+    from melrepro.data.synthetic import draw
+
+    rng = np.random.default_rng(100)
+    spec = {"skin_tone_max": 1.0, "brightness_min": 0.8, "brightness_max": 1.1, "vignetting": 0.4,
+            "hair": 0.3, "ruler": 0.0, "max_render_side": 256}  # fmt: skip
+    lesion = draw.sample_lesion("melanoma", rng)
+    return draw.render(lesion, draw.sample_view(rng), draw.sample_scene(rng, 256, 192, spec)).image
+
+
+@pytest.mark.parametrize("image", ["photo", "twin_lesion"])
+def test_superpixel_hierarchy_merges_pairs_level_by_level(image, request):
+    """Check the children-count distribution: halving a level gives mostly two children, never
+    more than three (merging the globally closest pair gave 1-24 children, 5-30 % with two)."""
+    img = request.getfixturevalue(image)
+    h = superpixel_hierarchy(img, (5, 10, 20, 40, 80))
+    children = np.concatenate([np.bincount(h.parents[f]) for f in (80, 40, 20, 10)])
+    assert children.min() >= 1
+    assert children.max() <= 3
+    assert (children == 2).mean() >= 0.55
+    first = np.bincount(h.parents[80])  # the first halving is the most regular
+    assert (first == 2).mean() >= 0.6
+
+
+def test_merge_pairs_merges_each_region_at_most_once_per_pass():
+    """Check four stripes L* = 10, 11, 13, 40 halve to {10, 11} + {13, 40} (one matching), where
+    repeated closest-pair merging gives {10, 11, 13} + {40}."""
+    lab = np.zeros((4, 8, 3))
+    labels = np.zeros((4, 8), dtype=np.int64)
+    for k, light in enumerate((10.0, 11.0, 13.0, 40.0)):
+        lab[:, 2 * k : 2 * k + 2, 0] = light
+        labels[:, 2 * k : 2 * k + 2] = k
+    merged, parent = merge_pairs(labels, lab, 2)
+    assert parent.tolist() == [0, 0, 1, 1]
+    assert merged.max() + 1 == 2
+    _, greedy = merge_to(labels, lab, 2)
+    assert greedy.tolist() == [0, 0, 0, 1]
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge_pairs(labels, lab, 5)
 
 
 def test_superpixel_hierarchy_reuses_the_given_finest_map(photo):

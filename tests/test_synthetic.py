@@ -353,3 +353,97 @@ def test_default_spec_gives_every_class_enough_images() -> None:
         assert all(counts[split][c] > 0 for c in CLASSES["isic2017"])
     for c in CLASSES["isic2017"]:
         assert counts["train"][c] >= 10
+
+
+def test_class_overlap_swaps_styles_across_malignancy_only() -> None:
+    """Check class_overlap repaints that share of lesions in the other group's style, labels kept.
+
+    0 must leave the plan as it was (other draws untouched); 0.3 swaps about 30 % of lesions,
+    each to a style of the other malignancy group (MEL/BCC/AKIEC vs the rest).
+    """
+    from melrepro.data.synthetic.plan import _STYLE, plan_dataset
+
+    counts = {"train": {"MEL": 60, "NV": 120, "BCC": 20, "BKL": 20}}
+    base = resolve_spec("isic2018_task3", {"counts": counts, "images_per_lesion": 1.0})
+    plain = plan_dataset("isic2018_task3", base, 7)
+    again = plan_dataset("isic2018_task3", {**base, "class_overlap": 0.0}, 7)
+    assert [(p.image_id, p.label, p.style) for p in plain] == [
+        (p.image_id, p.label, p.style) for p in again
+    ]
+    mixed = plan_dataset("isic2018_task3", {**base, "class_overlap": 0.3}, 7)
+    assert sorted(p.label for p in mixed) == sorted(p.label for p in plain)
+    malignant_styles = {_STYLE["MEL"], _STYLE["BCC"], "actinic_keratosis", "scc"}
+    swapped = [(p.style in malignant_styles) != (p.label in ("MEL", "BCC", "AKIEC")) for p in mixed]
+    assert sum(swapped) / len(mixed) == pytest.approx(0.3, abs=0.08)
+    assert not any(
+        (p.style in malignant_styles) != (p.label in ("MEL", "BCC", "AKIEC")) for p in plain
+    )
+    with pytest.raises(ValueError, match="only defined for"):
+        plan_dataset("isic2019", {**resolve_spec("isic2019", None), "class_overlap": 0.1}, 7)
+
+
+def test_difficulty_repaints_a_share_of_lesions_and_changes_nothing_else() -> None:
+    """Check class overlap: isic2017 at difficulty 0.3 paints ~30 % of lesions in a confusable
+    style and keeps the ids, labels, splits and scenes of difficulty 0."""
+    from melrepro.data.synthetic.plan import plan_dataset
+
+    spec = resolve_spec("isic2017", {"counts": {"train": {"melanoma": 150, "nevus": 150}},
+                                     "difficulty": 0.3})  # fmt: skip
+    assert 0 < DEFAULT_SPEC["isic2017"]["difficulty"] < 0.3
+    hard = plan_dataset("isic2017", spec, seed=0)
+    easy = plan_dataset("isic2017", {**spec, "difficulty": 0.0}, seed=0)
+    assert [(p.image_id, p.label, p.split, p.scene) for p in hard] == [
+        (p.image_id, p.label, p.split, p.scene) for p in easy
+    ]
+    assert all(p.style == p.label for p in easy)  # isic2017 classes are painted as themselves
+    swapped = np.array([p.style != p.label for p in hard])
+    assert 0.2 < swapped.mean() < 0.4
+    assert {p.style for p in hard if p.label == "nevus" and p.style != "nevus"} == {"melanoma"}
+
+
+def test_isic2020_default_population_for_siim2020() -> None:
+    """Check the default 2020 plan: ~100 training patients, a melanoma among the duplicates,
+    missing metadata in training and at least one missing value in test (no pixels drawn)."""
+    from melrepro.data.synthetic.plan import plan_dataset
+
+    plans = plan_dataset("isic2020", resolve_spec("isic2020", {}), 2024)
+    train = [p for p in plans if p.split == "train"]
+    test = [p for p in plans if p.split == "test"]
+    assert (len(train), len(test)) == (600, 60)
+    assert 80 <= len({p.patient_id for p in train}) <= 120
+    assert any(p.duplicate_of and p.label == "melanoma" for p in train)
+    assert sum(bool(p.duplicate_of) for p in train) == DEFAULT_SPEC["isic2020"]["duplicates"]
+    assert 0 < sum(bool(p.missing) for p in train) < len(train) / 5
+    assert any(p.missing for p in test)
+    # darker melanomas: the brightness factor is scaled, benign images keep theirs
+    bright = resolve_spec("isic2020", {"melanoma_brightness": 1.0})
+    plain = {p.image_id: p.scene.brightness for p in plan_dataset("isic2020", bright, 2024)}
+    for p in plans:
+        expected = plain[p.image_id] * (0.85 if p.label == "melanoma" else 1.0)
+        assert p.scene.brightness == pytest.approx(expected)
+
+
+def test_isic2020_truth_records_image_brightness(tmp_path: Path) -> None:
+    """Check truth.csv's image_brightness is the mean of the written JPEG and melanomas are
+    darker on average while both classes straddle the melanomas' median."""
+    spec = {
+        "counts": {"train": {"melanoma": 10, "benign": 20}, "test": {"benign": 2}},
+        "min_height": 64,
+        "max_height": 80,
+        "duplicates": 2,
+    }
+    write_synthetic_archive("isic2020", tmp_path, spec, seed=SEED)
+    truth = {r["image_id"]: r for r in _truth(tmp_path)}
+    with zipfile.ZipFile(tmp_path / "ISIC_2020_Training_JPEG.zip") as z:
+        for name in z.namelist()[1:6]:
+            image_id = name.rsplit("/", 1)[-1].removesuffix(".jpg")
+            mean = np.asarray(_load(z.open(name)).convert("RGB"), float).mean()
+            assert float(truth[image_id]["image_brightness"]) == pytest.approx(mean, abs=1e-3)
+    train = [r for r in truth.values() if r["split"] == "train"]
+    mel = np.array([float(r["image_brightness"]) for r in train if r["label"] == "melanoma"])
+    ben = np.array([float(r["image_brightness"]) for r in train if r["label"] == "benign"])
+    assert mel.mean() < ben.mean()
+    threshold = np.median(mel)
+    assert (ben < threshold).any()
+    assert (ben > threshold).any()
+    assert any(r["duplicate_of"] and r["label"] == "melanoma" for r in train)

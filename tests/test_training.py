@@ -311,3 +311,53 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path):
     )
     assert calls == [1]
     assert again.resumed_from_epoch == 0
+
+
+class _OneBN(torch.nn.Module):
+    """A model with one BatchNorm: logits = sum of normalised channel means."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x, meta=None):
+        return self.bn(x).mean(dim=(2, 3)).sum(1, keepdim=True)
+
+
+def test_recalibrate_batchnorm_recovers_the_data_statistics():
+    """Check precise BN: after recalibration the running mean/var are the training data's.
+
+    16 images of 2x2 px, batches of 4, all batches used: the running mean is the per-channel
+    pixel mean of the dataset (momentum None averages the batch means exactly), whatever the
+    stale running statistics were before.
+    """
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 2, 2, 3), dtype=np.uint8)
+    ds = training.ArrayDataset(images, np.array([0, 1] * 8))
+    model = _OneBN()
+    model.bn.running_mean.fill_(100.0)
+    model.bn.running_var.fill_(1e-4)
+    model.eval()
+    opts = training.TrainOptions(batch_size=4, sampler_positive_fraction=None)
+    seen = training.recalibrate_batchnorm(
+        model, ds, options=opts, device=torch.device("cpu"), n_batches=4
+    )
+    assert seen == 16
+    expected = images.reshape(-1, 3).mean(0) / 255.0
+    np.testing.assert_allclose(model.bn.running_mean.numpy(), expected, rtol=1e-5)
+    assert model.bn.momentum == 0.1  # restored
+    assert not model.training  # mode restored
+
+
+def test_last_epoch_monitor_keeps_the_last_epoch(tmp_path):
+    """Check monitor 'last_epoch' (milestone 1) returns the weights of the final epoch."""
+    train = training.ArrayDataset(*_blobs(32, size=20))
+    val = training.ArrayDataset(*_blobs(16, size=20, seed=1))
+    opts = training.TrainOptions(
+        **{**TINY, "epochs": 3, "freeze_epochs": 0, "accumulation_steps": 1},
+        monitor="last_epoch",
+        bn_recalibration=2,
+    )
+    result = training.train_model(train, val, opts, checkpoint_dir=tmp_path)
+    assert result.best_epoch == 3
+    assert result.history["last_epoch"].tolist() == [1, 2, 3]

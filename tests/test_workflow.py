@@ -52,6 +52,10 @@ def test_dry_run_default_config_plans_every_paper(tmp_path):
         assert jobs[f"draw_rulegraph_{paper}"] == 1, figure
     # gcn_mil: both readings of Eq. 1 (block, stride) x n_runs = 1, on one set of features.
     assert jobs["train_gcn_mil"] == jobs["evaluate_gcn_mil"] == 2 * 1
+    # siim2020: 3 models x 4 datasets (patient split) + the base model under the author's protocol
+    assert jobs["train_siim2020"] == 12 + 4
+    assert jobs["build_siim2020_datasets"] == 2
+    assert jobs["prepare_siim2020_images"] == 2  # one per isic2020 shard
     assert not (workdir / "results").exists()
     assert not (workdir / "resources").exists()
 
@@ -63,16 +67,19 @@ def test_dry_run_real_config_has_hundreds_of_jobs_without_archives(tmp_path):
     jobs = _jobs(result.stdout + result.stderr)
     total = jobs.pop("total")
     assert 100 < total < 5000
-    # The active papers read isic2017 (10 shards), the archive melanomas (1) and task 3 (40).
-    assert jobs["check_images"] == 10 + 1 + 40
-    assert jobs["ingest_dataset"] == 3
-    files = sum(len(DATASETS[d].files()) for d in ("isic2017", "isic2018_task3"))
+    # The active papers read isic2017 (10 shards), the archive melanomas (1), task 3 (40) and
+    # isic2020 (150).
+    assert jobs["check_images"] == 10 + 1 + 40 + 150
+    assert jobs["ingest_dataset"] == 4
+    files = sum(len(DATASETS[d].files()) for d in ("isic2017", "isic2018_task3", "isic2020"))
     assert jobs["download_archive_file"] == files
     assert jobs["download_archive_melanomas"] == 1
-    assert jobs["verify_archives"] == 3
+    assert jobs["verify_archives"] == 4
     # gcn_mil: one feature job per isic2017 shard; both Eq. 1 readings x the paper's 5 runs.
     assert jobs["extract_gcn_mil_features"] == 10
     assert jobs["train_gcn_mil"] == jobs["evaluate_gcn_mil"] == 2 * 5
+    assert jobs["prepare_siim2020_images"] == 150
+    assert jobs["train_siim2020"] == 16
     assert not any(name.startswith("make_synthetic") for name in jobs)
 
 
@@ -169,6 +176,7 @@ EXPECTED_ARTIFACTS = {
     "gcn_mil": [f"table{i:02d}" for i in range(1, 6)] + [f"fig{i:02d}" for i in range(1, 7)],
     "sp_graphs": [f"table{i:02d}" for i in range(1, 13)] + [f"fig{i:02d}" for i in range(1, 7)],
     "effnet_ham": ["table01"] + [f"fig{i:02d}" for i in range(1, 7)],
+    "siim2020": ["table01", "table02"] + [f"fig{i:02d}" for i in (2, 3, 4, *range(8, 18))],
 }
 
 
@@ -186,6 +194,13 @@ def test_full_default_run_builds_every_artifact(tmp_path):
         assert card["reproduced_value"].notna().mean() > 0.9, paper
         assert set(card["data_source"]) == {"synthetic"}
     assert "effnet_ham" in (workdir / "results/scorecard/summary.md").read_text()
+    submission = pd.read_csv(workdir / "results/siim2020/submission/submission.csv")
+    test_metadata = pd.read_csv(workdir / "resources/archives/isic2020/ISIC_2020_Test_Metadata.csv")
+    assert list(submission["image_name"]) == list(test_metadata["image"])
+    # the twin has a signal the base model finds (melanomas darker, older, more often male)
+    table01 = pd.read_csv(workdir / "results/siim2020/tables/table01.csv").set_index("Model")
+    assert table01.loc["Base All", "Validation ROC-AUC"] > 0.7
+    assert submission["target"].nunique() > 1
     snakemake("--report", "results/report.html", cwd=workdir)
     assert (workdir / "results/report.html").stat().st_size > 100_000
     again = snakemake("--cores", "2", cwd=workdir)

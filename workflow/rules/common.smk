@@ -179,6 +179,9 @@ def get_final_output():
     targets += [f"{folder}/run_info.json" for folder in SHARED_OUTPUT_FOLDERS]
     if "effnet_ham" not in active_papers():
         targets.remove("results/effnet_ham/figures/run_info.json")
+    if "siim2020" not in active_papers():
+        targets.remove("results/siim2020/figures/run_info.json")
+        targets.remove("results/siim2020/submission/run_info.json")
     return targets
 
 
@@ -199,3 +202,35 @@ def effnet_ham_cache(wildcards):
 def effnet_ham_truth():
     """The synthetic twin's truth (lesion masks for fig06); nothing on real data."""
     return [f"{EFFNET_HAM_TRUTH}/truth.csv"] if SOURCE == "synthetic" else []
+
+
+# ---- siim2020 input functions (SIIM, SIIM_DIR, SIIM_MODELS... come from siim2020.smk) ----
+
+
+def siim_trainings():
+    """(protocol, model, dataset) of every training: 3 x 4 under patient, the configured models
+    under author_code."""
+    out = [("patient", m, d) for m in SIIM_MODELS for d in SIIM_DATASETS]
+    if "author_code" in SIIM_PROTOCOLS:
+        out += [
+            ("author_code", m, d)
+            for m in SIIM.get("author_code_models", ["base"])
+            for d in SIIM_DATASETS
+        ]
+    return out
+
+
+def siim_model_dir(protocol, model, dataset):
+    return f"{SIIM_DIR}/models/{protocol}/{model}/{dataset}"
+
+
+def siim_prepared(kind):
+    """The prepared-image shards (kind images) or their brightness tables (kind brightness)."""
+    ext = "npz" if kind == "images" else "parquet"
+    return [
+        f"{SIIM_DIR}/prepared/{kind}-{k:03d}.{ext}" for k in range(n_shards("isic2020"))
+    ]
+
+
+def siim_model_files(model, name, protocol="patient"):
+    return [f"{siim_model_dir(protocol, model, d)}/{name}" for d in SIIM_DATASETS]

@@ -9,6 +9,10 @@ EFFNET_HAM_FIG = EFFNET_HAM.get("figures_variant", "baseline2")
 EFFNET_HAM_DIR = "results/effnet_ham"
 EFFNET_HAM_SPLIT = split_file("isic2018_task3", "lesion_70_15_15")
 EFFNET_HAM_TRUTH = "resources/archives/isic2018_task3/synthetic_truth"
+# HAM10000 lesion segmentations (written by the twin too): the lesion masks of fig06.
+EFFNET_HAM_SEGMENTATIONS = (
+    f"{ARCHIVES}/isic2018_task3/HAM10000_segmentations_lesion_tschandl.zip"
+)
 
 ARTIFACTS["effnet_ham"] = (
     [
@@ -59,6 +63,7 @@ if EFFNET_HAM:
             # Not an output: Snakemake must not delete checkpoints when a job is killed.
             checkpoint_dir=lambda wc: f"{EFFNET_HAM_DIR}/checkpoints/{wc.variant}",
             loader_workers=EFFNET_HAM["loader_workers"],
+            n_bootstrap=EFFNET_HAM["n_bootstrap"],
             run_info=run_info_params(),
         script:
             "../../scripts/train_effnet_ham.py"
@@ -173,9 +178,11 @@ if EFFNET_HAM:
             split=EFFNET_HAM_SPLIT,
             cache=effnet_ham_cache,
             truth=effnet_ham_truth(),
+            segmentations=EFFNET_HAM_SEGMENTATIONS,
         output:
             maps=f"{EFFNET_HAM_DIR}/gradcam/{{variant}}/examples.npz",
             table=f"{EFFNET_HAM_DIR}/gradcam/{{variant}}/saliency.csv",
+            summary=f"{EFFNET_HAM_DIR}/gradcam/{{variant}}/summary.json",
         log:
             "logs/compute_effnet_ham_gradcam/{variant}.log",
         benchmark:
@@ -187,8 +194,8 @@ if EFFNET_HAM:
         threads: EFFNET_HAM["threads"]
         resources:
             mem_mb=EFFNET_HAM["mem_mb"],
+            # Grad-CAM of the test images runs on the CPU (minutes): no GPU slot held idle.
             runtime=60,
-            gpu=1,
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),
@@ -196,7 +203,9 @@ if EFFNET_HAM:
             truth_dir=lambda wc, input: (
                 os.path.dirname(input.truth[0]) if input.truth else None
             ),
+            archive_dir=lambda wc, input: os.path.dirname(input.segmentations),
             region=EFFNET_HAM["gradcam"]["region"],
+            target_layer=EFFNET_HAM["gradcam"]["target_layer"],
             border_width=EFFNET_HAM["gradcam"]["border_width"],
             n_examples=EFFNET_HAM["gradcam"]["n_examples"],
         script:

@@ -5,6 +5,7 @@ rule score_paper:
     input:
         tables=lambda wc: paper_tables(wc.paper),
         paper_values="config/paper_values/{paper}.csv",
+        quantities="config/paper_values/quantities.csv",
     output:
         scorecard=report(
             "results/scorecard/{paper}.csv",
@@ -28,10 +29,37 @@ rule score_paper:
         "../../scripts/score_paper.py"
 
 
+rule plot_scorecard:
+    input:
+        scorecard="results/scorecard/{paper}.csv",
+    output:
+        figure=report(
+            "results/scorecard/{paper}.png",
+            caption="../report/scorecard_figure.rst",
+            category="scorecard",
+        ),
+        pdf="results/scorecard/{paper}.pdf",
+    log:
+        "logs/plot_scorecard/{paper}.log",
+    benchmark:
+        "benchmarks/results/plot_scorecard/{paper}.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../../scripts/plot_scorecard.py"
+
+
 rule summarize_scorecard:
     input:
         scorecards=[
             f"results/scorecard/{p}.csv" for p in active_papers() if ARTIFACTS.get(p)
+        ],
+        figures=[
+            f"results/scorecard/{p}.png" for p in active_papers() if ARTIFACTS.get(p)
         ],
     output:
         summary=report(
@@ -95,6 +123,8 @@ SHARED_OUTPUT_FOLDERS = {
     "results/data/figures": "data",
     "results/scorecard": None,
     "results/effnet_ham/figures": "effnet_ham",
+    "results/siim2020/figures": "siim2020",
+    "results/siim2020/submission": "siim2020",
 }
 
 

@@ -136,11 +136,22 @@ class ArchiveFolder:
         self.close()
 
 
+def _blank_to_na(values: pd.Series) -> pd.Series:
+    """A text column with blank (empty or whitespace-only) fields as missing values.
+
+    The CSVs are read with ``keep_default_na=False`` so that ids such as ``NA`` survive; a blank
+    field is nevertheless no value (a blank site, lesion id or sex), and cleaning and grouped
+    splits must see it as missing, not as an empty string.
+    """
+    text = values.astype("string")
+    return text.mask(text.str.strip() == "")
+
+
 def _parse_column(values: pd.Series, kind: str, where: str, column: str) -> pd.Series:
     nullable = kind.endswith("?")
     kind = kind.rstrip("?")
     if kind == "str":
-        return values.astype("string")
+        return _blank_to_na(values)
     blank = values.str.strip().isin(["", "nan", "NaN", "NA", "unknown"])
     parsed = pd.to_numeric(values.where(~blank), errors="coerce")
     bad = parsed.isna() & ~(blank & nullable)
@@ -216,5 +227,5 @@ def read_checked_csv(archive: ArchiveFolder, spec: CsvSpec) -> pd.DataFrame | No
             frame[column] = _parse_column(frame[column], kind, where, column)
     for column in frame.columns:
         if column not in spec.dtypes:
-            frame[column] = frame[column].astype("string")
+            frame[column] = _blank_to_na(frame[column])
     return frame

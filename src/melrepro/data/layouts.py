@@ -13,6 +13,7 @@ __all__ = [
     "ARCHIVE_HOSTS",
     "ATTRIBUTES",
     "DATASETS",
+    "HAM10000_SEGMENTATIONS",
     "CsvSpec",
     "DatasetLayout",
     "ImageSet",
@@ -157,7 +158,18 @@ _T3 = ("image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 _HAM = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 
 
+#: HAM10000 lesion segmentations (Tschandl et al. 2020), published with the dataset on Harvard
+#: Dataverse (datafile 3838943 of doi:10.7910/DVN/DBW86T): one ``ISIC_nnnnnnn_segmentation.png``
+#: per training image (10,015); the task-3 validation and test images have none.
+HAM10000_SEGMENTATIONS = "HAM10000_segmentations_lesion_tschandl.zip"
+
+
 def _task3_set(split: str, stem: str) -> ImageSet:
+    masks = (
+        {"mask_zip": HAM10000_SEGMENTATIONS, "mask_folder": HAM10000_SEGMENTATIONS[:-4]}
+        if split == "train"
+        else {}
+    )
     return ImageSet(
         split=split,
         image_zip=f"ISIC2018_Task3_{stem}_Input.zip",
@@ -169,6 +181,7 @@ def _task3_set(split: str, stem: str) -> ImageSet:
             "image",
             {"image": "str"} | {c: "float" for c in _T3[1:]},
         ),
+        **masks,
     )
 
 

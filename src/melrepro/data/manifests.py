@@ -237,7 +237,9 @@ def _index_archive_melanoma(archive: ArchiveFolder, spec: DatasetLayout) -> pd.D
     for column in ("diagnosis", "diagnosis_1", "benign_malignant"):
         if column in metadata.columns:
             values = metadata[column].str.lower()
-            odd = ~values.str.contains("melanoma|malignant", na=True) & (values != "")
+            odd = (~values.str.contains("melanoma|malignant", na=True) & values.notna()).fillna(
+                False
+            )
             if odd.any():
                 row = first_row(odd)
                 raise IngestError(
@@ -294,6 +296,12 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
         )
         frame["target"] = (frame["label"] == "MEL").astype(int)
         frame["image_uri"] = frame["image_id"].map(images)
+        if image_set.mask_zip:  # HAM10000 lesion segmentations (training images only)
+            masks = _masks_of(
+                archive, image_set.mask_zip, image_set.mask_folder, image_set.mask_suffix
+            )
+            _match_masks(archive, images, masks, image_set.mask_zip)
+            frame["mask_uri"] = frame["image_id"].map(masks)
         frame = frame.join(_raw(labels, id_column).drop(columns=id_column, errors="ignore"))
         metadata = read_checked_csv(archive, image_set.metadata) if image_set.metadata else None
         if metadata is not None:

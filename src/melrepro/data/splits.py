@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +32,57 @@ def groups_of(manifest: pd.DataFrame, column: str) -> pd.Series:
     return groups.fillna("image:" + manifest["image_id"].astype(str))
 
 
-def _take_fold(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of about ``fraction`` of the rows, stratified on ``y``, whole groups only."""
+def _take_fold(
+    y: np.ndarray, groups: np.ndarray, fraction: float, seed: int, resolution: int | None = None
+) -> np.ndarray:
+    """Boolean mask of about ``fraction`` of the rows, stratified on ``y``, whole groups only.
+
+    Without ``resolution`` the part is one fold of ``round(1 / fraction)`` (0.15 -> 1/7 =
+    14.3 %); with it, the folds of ``n`` (``k / n`` the closest fraction with ``n <=
+    resolution``, 0.15 -> 3/20) are added in turn while each brings the part's size closer to
+    ``fraction`` of the rows (folds of grouped data differ in size).
+    """
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise ValueError(
             f"cannot split {len(y)} images in {n_groups} group(s); need at least 2 groups"
         )
+    take = 1
+    n_splits = max(2, round(1.0 / fraction))
+    if resolution:
+        ratio = Fraction(fraction).limit_denominator(resolution)
+        take, n_splits = max(1, ratio.numerator), max(2, ratio.denominator)
     # Few groups (tiny data): fewer, larger folds rather than a failure.
-    n_splits = min(max(2, round(1.0 / fraction)), n_groups)
+    if n_splits > min(n_groups, np.unique(y, return_counts=True)[1].max()):
+        take, n_splits = 1, min(max(2, round(1.0 / fraction)), n_groups)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    mask = np.zeros(len(y), dtype=bool)
     with warnings.catch_warnings():
         # Rare classes with fewer members than folds are expected (e.g. DF in HAM10000).
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        _, held_out = next(splitter.split(np.zeros(len(y)), y, groups))
-    mask = np.zeros(len(y), dtype=bool)
-    mask[held_out] = True
+        folds = [held for _, held in splitter.split(np.zeros(len(y)), y, groups)]
+    if not resolution or take == 1:
+        mask[folds[0]] = True
+        return mask
+    target = fraction * len(y)
+    # Subset sum over the fold sizes: reachable total -> the first subset (in fold order) reaching it.
+    reachable: dict[int, tuple[int, ...]] = {0: ()}
+    for k, held_out in enumerate(folds):
+        for total, chosen in list(reachable.items()):
+            reachable.setdefault(total + len(held_out), (*chosen, k))
+    best = min((t for t in reachable if t > 0), key=lambda t: (abs(t - target), t))
+    for k in reachable[best]:
+        mask[folds[k]] = True
     return mask
 
 
 def grouped_split(
-    y: np.ndarray, groups: np.ndarray, fractions: list[float], *, seed: int
+    y: np.ndarray,
+    groups: np.ndarray,
+    fractions: list[float],
+    *,
+    seed: int,
+    resolution: int | None = None,
 ) -> np.ndarray:
     """Assign ``train``/``val``/``test`` (or ``train``/``val``) so that no group crosses splits.
 
@@ -65,6 +96,9 @@ def grouped_split(
         Train, val[, test] fractions; they must sum to 1.
     seed : int
         Shuffling seed.
+    resolution : int, optional
+        Build each part from several folds of up to this many (see :func:`_take_fold`), so that
+        0.15 is met as 3/20 rather than 1/7.
 
     Notes
     -----
@@ -78,11 +112,11 @@ def grouped_split(
     split = np.full(len(y), "train", dtype=object)
     remaining = np.arange(len(y))
     if len(fractions) == 3:
-        test = _take_fold(y, groups, fractions[2], seed)
+        test = _take_fold(y, groups, fractions[2], seed, resolution)
         split[test] = "test"
         remaining = np.flatnonzero(~test)
     val_fraction = fractions[1] / sum(fractions[:2])
-    val = _take_fold(y[remaining], groups[remaining], val_fraction, seed + 1)
+    val = _take_fold(y[remaining], groups[remaining], val_fraction, seed + 1, resolution)
     split[remaining[val]] = "val"
     return split
 
@@ -134,6 +168,9 @@ def make_split(
             groups_of(sub, column).to_numpy(),
             fractions,
             seed=seed,
+            # effnet_ham (issue 12): 70/15/15 as closely as the lesions allow (3/20, not 1/7).
+            # patient_85_15 keeps its split (siim2020's results must not move).
+            resolution=20 if column == "lesion_id" else None,
         )
         frame["split"] = pd.array(split, dtype="string")
         return frame

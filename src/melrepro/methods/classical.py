@@ -129,6 +129,7 @@ def select_features(x: np.ndarray, y: np.ndarray, settings: ClassifierSettings, 
     scaler = MinMaxScaler().fit(x)
     xs = scaler.transform(x)
     k = min(settings.n_select, x.shape[1])
+    # DEVIATION: the paper gives no C and no search; this C schedule is ours.
     # An L1 fit at C may keep fewer than k features; the rest of a top-k by |coef| would then be
     # ties at zero, broken by column order. Weaken the penalty (C x4, at most 8 times) until k
     # features have non-zero weights, so all k kept features are chosen by the model.

@@ -40,6 +40,24 @@ combinatorial Laplacian ``L = diag(W1) - W`` (``s_hat = Uᵀs``, eigenvalues asc
 ``n`` magnitudes ``|s_hat|`` (eigenvector signs are arbitrary, so signs carry no information),
 energy ``Σ s_hat²``, power ``energy / n``, spectral entropy ``-Σ p log p`` with
 ``p = s_hat² / energy`` (0 for a zero signal), and amplitude ``max |s_hat|``.
+
+Disconnected graphs (convention)
+--------------------------------
+MM-learned graphs are sparse and often split into 2-5 components; pruned graphs too. No
+length is ever infinite on an edge (weights are exact zeros or at least ``support_cut`` of the
+largest, see :func:`melrepro.methods.graph_weights.learn_weights_mm`), and the measures that
+need a path between every pair use these forms, each equal to networkx's on the same graph:
+
+- per component: **Ecc** (farthest node of the node's own component), **CPL** (mean over the
+  ordered pairs that are connected, i.e. the pair-weighted mean of the components' CPLs);
+- harmonic / efficiency forms, in which an unreachable pair counts ``1/∞ = 0``: **GE**,
+  **LE**, and **CC** through the Wasserman–Faust scaling above (a node reaching ``r`` nodes);
+- **NBC** counts only the shortest paths that exist.
+
+The eigenvalue 0 of ``L`` has one eigenvector per component and ``eigh`` returns an arbitrary
+orthonormal basis of that space, so its GFT coefficients would change with rounding. Its
+canonical basis is used instead: the normalised indicator vectors of the components, ordered by
+their smallest node (``|s_hat_c| = |Σ_{i∈c} s_i| / sqrt(|c|)``).
 """
 
 from __future__ import annotations
@@ -329,9 +347,17 @@ def spectral_features(w: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, np
     summary : (4,) ndarray
         :data:`SPECTRAL_SUMMARY` (energy, power, entropy, amplitude).
     """
+    from scipy.sparse.csgraph import connected_components
+
     w = np.asarray(w, dtype=float)
     lap = np.diag(w.sum(axis=1)) - w
     _, vecs = np.linalg.eigh(lap)
+    # null space of L: the components' indicator vectors (see "Disconnected graphs" above)
+    n_comp, comp = connected_components(w > 0, directed=False)
+    first = np.array([np.nonzero(comp == c)[0][0] for c in range(n_comp)])
+    for j, c in enumerate(np.argsort(first)):
+        ind = (comp == c).astype(float)
+        vecs[:, j] = ind / np.sqrt(ind.sum())
     coef = vecs.T @ np.asarray(signal, dtype=float)
     sq = coef**2
     energy = float(sq.sum())

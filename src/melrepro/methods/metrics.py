@@ -17,12 +17,14 @@ from sklearn import metrics as skm
 __all__ = [
     "BinaryMetrics",
     "auroc",
+    "bootstrap_intervals",
     "balanced_accuracy",
     "binary_metrics",
     "confusion",
     "f1_optimal_threshold",
     "macro_f1",
     "recall",
+    "specificity_threshold",
     "youden_threshold",
 ]
 
@@ -226,3 +228,108 @@ def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float) ->
         fn=int(fn),
         tp=int(tp),
     )
+
+
+def specificity_threshold(
+    y_true: np.ndarray, y_score: np.ndarray, specificity: float = 0.95
+) -> float:
+    """The lowest ROC threshold whose specificity is still at least ``specificity``.
+
+    This is the effnet_ham authors' test-time rule (their notebook, cell "Find threshold for
+    95% specificity"): ``roc_curve`` with its default ``drop_intermediate=True``, the last
+    (lowest) threshold with ``1 - fpr >= specificity``, and 0.5 when no ROC point reaches it.
+    Recall at that threshold is the highest recall that keeps the specificity.
+
+    Parameters
+    ----------
+    y_true : (N,) array of {0, 1}
+    y_score : (N,) float array
+    specificity : float in (0, 1]
+
+    Returns
+    -------
+    float
+        Predict positive when ``score >= t``.
+
+    Raises
+    ------
+    ValueError
+        If ``y_true`` lacks a class or ``specificity`` is outside (0, 1].
+    """
+    y_true = _check_binary(y_true, y_score)
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError(f"specificity must be in (0, 1], got {specificity}")
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("a specificity threshold needs both classes in y_true")
+    fpr, _, thr = skm.roc_curve(y_true, y_score)
+    ok = np.flatnonzero(1.0 - fpr >= specificity - 1e-12)
+    if len(ok) == 0:
+        return 0.5
+    t = float(thr[ok[-1]])
+    return t if np.isfinite(t) else float(np.max(y_score))
+
+
+def _fast_metrics(y: np.ndarray, s: np.ndarray, t: float) -> tuple[float, float, float, float]:
+    """(AUROC, balanced accuracy, macro-F1, recall) without sklearn, for bootstrap loops."""
+    from scipy.stats import rankdata
+
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    ranks = rankdata(s)
+    auc = (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    pred = s >= t
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn, tn = n_pos - tp, n_neg - fp
+    rec = tp / n_pos
+    spec = tn / n_neg
+    f1_pos = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    f1_neg = 2 * tn / (2 * tn + fn + fp) if tn else 0.0
+    return float(auc), (rec + spec) / 2, (f1_pos + f1_neg) / 2, rec
+
+
+def bootstrap_intervals(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    threshold: float | None = None,
+    specificity: float | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of AUROC, balanced accuracy, macro-F1 and recall.
+
+    Images are resampled with replacement (resamples with one class only are skipped, as in the
+    authors' ``compute_auroc_ci``). The decision threshold is either fixed (``threshold``,
+    chosen elsewhere, e.g. Youden on validation) or re-chosen on every resample at
+    ``specificity`` (the spec95-on-test protocol), so the interval includes that choice.
+
+    Returns
+    -------
+    dict
+        ``{"auroc": (low, high), "balanced_accuracy": ..., "macro_f1": ..., "recall": ...}``;
+        NaN bounds when no resample has both classes.
+    """
+    if (threshold is None) == (specificity is None):
+        raise ValueError("give exactly one of threshold and specificity")
+    y = _check_binary(y_true, y_score)
+    s = np.asarray(y_score, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        yb, sb = y[idx], s[idx]
+        if yb.min() == yb.max():
+            continue
+        t = threshold if specificity is None else specificity_threshold(yb, sb, specificity)
+        draws.append(_fast_metrics(yb, sb, float(t)))
+    names = ("auroc", "balanced_accuracy", "macro_f1", "recall")
+    if not draws:
+        return {n: (float("nan"), float("nan")) for n in names}
+    arr = np.asarray(draws)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {
+        n: (float(lo), float(hi))
+        for n, (lo, hi) in zip(names, np.percentile(arr, q, axis=0).T, strict=True)
+    }

@@ -49,8 +49,10 @@ __all__ = [
     "load_model",
     "make_loss",
     "make_sampler",
+    "ModelFactory",
     "mixup_batch",
     "predict",
+    "recalibrate_batchnorm",
     "train_model",
 ]
 
@@ -60,7 +62,7 @@ BACKBONES = ("efficientnet_b0", "resnet18", "resnet50", "vgg16")
 LOSSES = ("bce", "focal", "ce")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "none")
-MONITORS = ("val_auroc", "val_loss", "val_balanced_accuracy")
+MONITORS = ("val_auroc", "val_loss", "val_balanced_accuracy", "last_epoch")
 
 
 @dataclass
@@ -111,7 +113,7 @@ class TrainOptions:
         Stop after this many epochs without improvement of ``monitor``; None never stops early.
     monitor : str
         Validation metric that picks the best checkpoint: ``"val_auroc"``, ``"val_loss"`` or
-        ``"val_balanced_accuracy"``.
+        ``"val_balanced_accuracy"``; ``"last_epoch"`` keeps the last epoch (no selection).
     seed : int
     device : str
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
@@ -121,6 +123,11 @@ class TrainOptions:
         ``torch.set_num_threads``; None leaves torch's default.
     deterministic : bool
         ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking.
+    bn_recalibration : int
+        Before every validation, recompute the BatchNorm running statistics of the current
+        weights from this many training batches ("precise BN", :func:`recalibrate_batchnorm`);
+        0 keeps PyTorch's running averages. Not in any paper: with few optimiser steps the
+        running averages lag the weights and eval-mode outputs collapse to a constant.
     """
 
     backbone: str = "efficientnet_b0"
@@ -153,6 +160,7 @@ class TrainOptions:
     num_workers: int = 0
     threads: int | None = None
     deterministic: bool = True
+    bn_recalibration: int = 0
 
     def __post_init__(self) -> None:
         choices = {
@@ -177,6 +185,8 @@ class TrainOptions:
             raise ValueError(f"sampler_positive_fraction must be in (0, 1) or None, got {f}")
         if self.accumulation_steps < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("accumulation_steps, epochs and batch_size must be >= 1")
+        if self.bn_recalibration < 0:
+            raise ValueError(f"bn_recalibration must be >= 0, got {self.bn_recalibration}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainOptions:
@@ -197,6 +207,8 @@ class TrainOptions:
         d = self.to_dict()
         for k in ("device", "num_workers", "threads"):
             d.pop(k)
+        if not d["bn_recalibration"]:  # the default: fingerprints of older runs stay valid
+            d.pop("bn_recalibration")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -539,6 +551,58 @@ def evaluate(
     return loss, _probabilities(logits.double()).numpy(), labels.numpy()
 
 
+def recalibrate_batchnorm(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    *,
+    options: TrainOptions,
+    device: torch.device,
+    n_batches: int,
+    seed: int = 0,
+) -> int:
+    """Recompute every BatchNorm layer's running mean and variance for the current weights.
+
+    The statistics are reset and re-estimated as an exact average (``momentum=None``) over
+    ``n_batches`` training batches (the training loader: sampler and augmentation), with the
+    rest of the network in eval mode (no dropout or stochastic depth), as in "precise BN"
+    (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"). Parameters are not touched.
+
+    Returns
+    -------
+    int
+        Number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or n_batches <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    loader = _loader(
+        dataset,
+        options.batch_size,
+        options=options,
+        seed=seed,
+        train=True,
+        labels=dataset.labels,
+    )
+    seen = 0
+    with torch.no_grad():
+        for i, (x, _, meta) in enumerate(loader):
+            if i >= n_batches:
+                break
+            _forward(model, x.to(device), meta.to(device))
+            seen += len(x)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return seen
+
+
 def _val_score(monitor: str, loss: float, probs: np.ndarray, labels: np.ndarray) -> float:
     """The monitored value, oriented so that larger is better."""
     if monitor == "val_loss":
@@ -643,7 +707,24 @@ class _Run:
     stale: int = 0
 
 
-def _setup(options: TrainOptions, fingerprint: str) -> _Run:
+#: A model factory (``train_model(model_factory=...)``): builds the model from the options instead
+#: of :func:`build_model`. It may define ``fingerprint() -> str`` so that checkpoints written with
+#: another factory configuration are not resumed; the model needs a ``backbone`` module (frozen
+#: during warm-up epochs) and a ``weights_name``.
+ModelFactory = Callable[[TrainOptions], nn.Module]
+
+
+def _factory_fingerprint(model_factory: ModelFactory | None) -> str:
+    """What identifies a factory in the checkpoint fingerprint ('' for :func:`build_model`)."""
+    if model_factory is None:
+        return ""
+    own = getattr(model_factory, "fingerprint", None)
+    return str(own()) if callable(own) else getattr(model_factory, "__qualname__", "factory")
+
+
+def _setup(
+    options: TrainOptions, fingerprint: str, model_factory: ModelFactory | None = None
+) -> _Run:
     """Threads, determinism, device; then model, optimiser, schedule, scaler and loss."""
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -654,7 +735,11 @@ def _setup(options: TrainOptions, fingerprint: str) -> _Run:
     logger.info(
         "Creating model %s (pretrained=%s) on %s", options.backbone, options.pretrained, device
     )
-    model = build_model(options).to(device)
+    if model_factory is None:
+        model = build_model(options).to(device)
+    else:
+        torch.manual_seed(options.seed)
+        model = model_factory(options).to(device)
     optimizer = _make_optimizer(model, options)
     return _Run(
         model=model,
@@ -693,13 +778,31 @@ def _resume(run: _Run, last_path: Path) -> tuple[int, bool]:
 
 
 def _validate(
-    run: _Run, val_dataset: Dataset, options: TrainOptions, epoch: int, best_path: Path
+    run: _Run,
+    val_dataset: Dataset,
+    options: TrainOptions,
+    epoch: int,
+    best_path: Path,
+    train_dataset: Dataset | None = None,
 ) -> tuple[float, float, bool]:
     """Validation loss and monitored score; saves ``best_path`` when the score improves."""
+    if options.bn_recalibration and isinstance(train_dataset, ArrayDataset):
+        recalibrate_batchnorm(
+            run.model,
+            train_dataset,
+            options=options,
+            device=run.device,
+            n_batches=options.bn_recalibration,
+            seed=_epoch_seed(options.seed, epoch) + 2,
+        )
     val_loss, probs, labels = evaluate(
         run.model, val_dataset, options=options, device=run.device, loss_fn=run.loss_fn
     )
-    score = _val_score(options.monitor, val_loss, probs, labels)
+    score = (
+        float(epoch)
+        if options.monitor == "last_epoch"
+        else _val_score(options.monitor, val_loss, probs, labels)
+    )
     # A NaN score (e.g. AUROC of a one-class validation set) never improves, but the
     # first epoch is always kept so that a best checkpoint exists.
     improved = bool(score > run.best_score) or run.best_epoch == 0
@@ -745,7 +848,9 @@ def _run_epoch(
         generator=torch.Generator().manual_seed(seed + 1),
     )
     run.scheduler.step()
-    val_loss, score, improved = _validate(run, val_dataset, options, epoch, best_path)
+    val_loss, score, improved = _validate(
+        run, val_dataset, options, epoch, best_path, train_dataset=train_dataset
+    )
     row = {
         "epoch": epoch,
         "train_loss": train_loss,
@@ -800,6 +905,7 @@ def train_model(
     checkpoint_dir: str | Path,
     history_path: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    model_factory: ModelFactory | None = None,
 ) -> TrainResult:
     """Train a classifier, checkpointing every epoch, and return the best one.
 
@@ -820,6 +926,9 @@ def train_model(
     on_epoch_end : callable, optional
         Called as ``on_epoch_end(epoch, row)`` after the checkpoint of each epoch is written
         (used by tests to kill a run).
+    model_factory : callable, optional
+        Builds the model from ``options`` instead of :func:`build_model` (siim2020's metadata
+        head and experts, :mod:`melrepro.methods.metadata_models`); see :data:`ModelFactory`.
 
     Returns
     -------
@@ -837,7 +946,11 @@ def train_model(
     # A checkpoint belongs to these options *and* this data: Snakemake reruns the job when an
     # input changes, and the old checkpoints must not be resumed then.
     fingerprint = f"{options.fingerprint()}-{_data_fingerprint(train_dataset, val_dataset)}"
-    run = _setup(options, fingerprint)
+    if model_factory is not None:
+        fingerprint += (
+            "-" + hashlib.sha256(_factory_fingerprint(model_factory).encode()).hexdigest()[:16]
+        )
+    run = _setup(options, fingerprint, model_factory)
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
     resumed_from, was_finished = _resume(run, last_path)
     start_epoch = options.epochs + 1 if was_finished else resumed_from + 1
@@ -898,11 +1011,18 @@ def predict(
     return probs
 
 
-def load_model(path: str | Path, options: TrainOptions) -> CNNClassifier:
-    """Rebuild a model from a weights file written by the effnet_ham rules or ``best.pt``."""
+def load_model(
+    path: str | Path, options: TrainOptions, model_factory: ModelFactory | None = None
+) -> CNNClassifier:
+    """Rebuild a model from a weights file written by the effnet_ham rules or ``best.pt``.
+
+    ``model_factory`` rebuilds a model trained with ``train_model(model_factory=...)``; it is
+    called with ``pretrained=False`` options.
+    """
     state = torch.load(path, map_location="cpu", weights_only=False)
     # The weights come from the file: never download ImageNet weights to be overwritten.
-    model = build_model(dataclasses.replace(options, pretrained=False))
+    plain = dataclasses.replace(options, pretrained=False)
+    model = build_model(plain) if model_factory is None else model_factory(plain)
     model.load_state_dict(state.get("model", state))
     model.eval()
     return model

@@ -48,6 +48,7 @@ __all__ = [
     "check_lesions_disjoint",
     "compute_gradcam",
     "load_task3",
+    "mean_pairwise_correlation",
     "plot_class_distribution",
     "plot_confusion",
     "plot_gradcam_examples",
@@ -70,6 +71,16 @@ METRIC_COLUMNS = {
 #: Keys of a recipe that configure preprocessing rather than :class:`TrainOptions`.
 PREPROCESSING_KEYS = ("image_size", "colour_constancy", "sog_power", "augment")
 _SPLITS = ("train", "val", "test")
+#: The authors' test-time operating point: the threshold that keeps 95 % specificity.
+SPEC95 = 0.95
+#: Test-probability SD below which a model is called degenerate (near-constant output).
+DEGENERATE_SD = 1e-3
+#: table01's protocols: (row label, metrics.json key of the test metrics, of the intervals,
+#: of the threshold).
+PROTOCOLS = (
+    ("Youden (validation)", "test", "youden_val", "threshold"),
+    ("95% specificity (test)", "test_spec95", "spec95_test", "threshold_spec95"),
+)
 
 
 def cache_resolution(image_size: int, aspect_ratio: float = 4 / 3) -> str:
@@ -226,8 +237,14 @@ def train_variant(
     run_info: Mapping[str, Any],
     threads: int = 1,
     num_workers: int = 0,
+    n_bootstrap: int = 1000,
 ) -> dict[str, Any]:
-    """Train one variant, choose the Youden threshold on validation, evaluate on test.
+    """Train one variant and evaluate it on test under both of the paper's protocols.
+
+    Youden's threshold is chosen on validation (the paper's §4.2); the 95 %-specificity
+    threshold on the test set (the authors' code). Each metric gets a percentile bootstrap
+    interval over the test images, and ``metrics.json`` records the spread (SD) of the
+    predicted probabilities, which exposes a degenerate, near-constant model.
 
     Parameters
     ----------
@@ -247,6 +264,8 @@ def train_variant(
         ``data_source``, ``seed``, ``pretrained``, ``device`` (from the workflow config).
     threads, num_workers : int
         Torch threads and DataLoader workers.
+    n_bootstrap : int
+        Bootstrap resamples of the test set for the 95 % intervals.
 
     Returns
     -------
@@ -286,24 +305,52 @@ def train_variant(
     device = torch.device(result.device)
     val_prob = training.predict(result.model, val_ds, options=options, device=device)
     test_prob = training.predict(result.model, test_ds, options=options, device=device)
-    threshold = metrics.youden_threshold(val_rows["target"].to_numpy(), val_prob)
-    test_metrics = metrics.binary_metrics(test_rows["target"].to_numpy(), test_prob, threshold)
-    val_metrics = metrics.binary_metrics(val_rows["target"].to_numpy(), val_prob, threshold)
+    y_val, y_test = val_rows["target"].to_numpy(), test_rows["target"].to_numpy()
+    # Two protocols (issue 12): the paper's text (Youden's J on validation, applied to test) and
+    # the authors' code (the threshold of 95 % specificity chosen on the test set itself).
+    threshold = metrics.youden_threshold(y_val, val_prob)
+    threshold95 = metrics.specificity_threshold(y_test, test_prob, SPEC95)
+    test_metrics = metrics.binary_metrics(y_test, test_prob, threshold)
+    test95 = metrics.binary_metrics(y_test, test_prob, threshold95)
+    val_metrics = metrics.binary_metrics(y_val, val_prob, threshold)
+    intervals = {
+        "youden_val": metrics.bootstrap_intervals(
+            y_test, test_prob, threshold=threshold, n_boot=n_bootstrap, seed=options.seed
+        ),
+        "spec95_test": metrics.bootstrap_intervals(
+            y_test, test_prob, specificity=SPEC95, n_boot=n_bootstrap, seed=options.seed
+        ),
+    }
+    spread = {"val": float(np.std(val_prob)), "test": float(np.std(test_prob))}
     logger.info("Youden threshold (validation) %.4f; test %s", threshold, test_metrics)
+    logger.info("95%% specificity threshold (test) %.4f; test %s", threshold95, test95)
+    logger.info("Probability SD: %s", spread)
+    if spread["test"] < DEGENERATE_SD:
+        logger.warning(
+            "test probabilities are near-constant (SD %.2g < %.2g): a degenerate model",
+            spread["test"],
+            DEGENERATE_SD,
+        )
 
     preds = pd.concat(
         [val_rows.assign(probability=val_prob), test_rows.assign(probability=test_prob)],
         ignore_index=True,
     )
     preds["prediction"] = (preds["probability"] >= threshold).astype(int)
+    preds["prediction_spec95"] = (preds["probability"] >= threshold95).astype(int)
     Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(predictions_path, index=False)
     shutil.copyfile(Path(checkpoint_dir) / "best.pt", model_path)
     info = {
         "variant": variant,
         "threshold": threshold,
+        "threshold_spec95": threshold95,
         "test": test_metrics.as_dict(),
+        "test_spec95": test95.as_dict(),
         "val": val_metrics.as_dict(),
+        "intervals": intervals,
+        "n_bootstrap": n_bootstrap,
+        "probability_sd": spread,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "train_seconds": float(result.history["seconds"].sum()),
@@ -342,7 +389,12 @@ def tabulate_results(
     *,
     run_info: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """table01: AUROC, balanced accuracy, macro-F1 and recall at the Youden threshold.
+    """table01: AUROC, balanced accuracy, macro-F1 and recall under both protocols.
+
+    Two rows per variant (index ``Model, Protocol``): Youden's threshold from validation and
+    the 95 %-specificity threshold from test (see :data:`PROTOCOLS`), each metric with its
+    95 % bootstrap interval (``<metric> CI low/high``), the number of test images (and
+    malignant ones) and the SD of the test probabilities.
 
     Parameters
     ----------
@@ -363,14 +415,33 @@ def tabulate_results(
     rows = []
     for path, label in zip(metrics_paths, labels, strict=True):
         info = json.loads(Path(path).read_text(encoding="utf-8"))
-        row = {"Model": label}
-        row.update({col: info["test"][key] for col, key in METRIC_COLUMNS.items()})
-        row["Youden threshold"] = info["threshold"]
-        row["Epochs"] = info["epochs_run"]
-        row["Image size"] = info["image_size"]
-        rows.append(row)
-    table = pd.DataFrame(rows).set_index("Model")
-    write_table(table, output, title="Table 1. Test metrics at the Youden threshold (validation)")
+        n_test = int(info["n_images"].get("test", 0))
+        n_mal = int(info["n_malignant"].get("test", 0))
+        for protocol, metrics_key, interval_key, threshold_key in PROTOCOLS:
+            row: dict[str, Any] = {"Model": label, "Protocol": protocol}
+            for col, key in METRIC_COLUMNS.items():
+                low, high = info["intervals"][interval_key][key]
+                row[col] = info[metrics_key][key]
+                row[f"{col} CI low"] = low
+                row[f"{col} CI high"] = high
+            row["Threshold"] = info[threshold_key]
+            row["n test"] = n_test
+            row["n malignant"] = n_mal
+            row["Probability SD"] = info["probability_sd"]["test"]
+            row["Epochs"] = info["epochs_run"]
+            row["Best epoch"] = info["best_epoch"]
+            row["Image size"] = info["image_size"]
+            rows.append(row)
+    table = pd.DataFrame(rows).set_index(["Model", "Protocol"])
+    write_table(
+        table,
+        output,
+        title=(
+            "Table 1. Test metrics with 95 % bootstrap intervals, at Youden's threshold chosen "
+            "on validation (the paper's text) and at 95 % specificity chosen on test (the "
+            "authors' code)"
+        ),
+    )
     if run_info is not None:
         from melrepro.report.runinfo import write_run_info
 
@@ -487,6 +558,49 @@ def _truth_masks(truth_dir: Path | None, image_ids: Sequence[str]) -> dict[str, 
     return found
 
 
+def _square_mask(data: Any, size: int) -> np.ndarray:
+    """A mask image (path or PNG bytes) centre-cropped and resized like the images."""
+    import io
+
+    from PIL import Image
+
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with Image.open(source) as m:
+        arr = (np.asarray(m.convert("L")) > 127).astype(np.uint8)
+    arr = transforms.center_crop_square(arr)
+    arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.NEAREST))
+    return arr.astype(bool)
+
+
+def mean_pairwise_correlation(maps: np.ndarray, *, max_maps: int = 200, seed: int = 0) -> float:
+    """Mean Pearson correlation over all pairs of non-empty maps (at most ``max_maps`` drawn).
+
+    Near 1: every image gets the same map (a property of the network, not of the image).
+    NaN with fewer than two non-empty maps.
+    """
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    flat = flat[flat.std(axis=1) > 0]
+    if len(flat) > max_maps:
+        flat = flat[np.random.default_rng(seed).choice(len(flat), max_maps, replace=False)]
+    if len(flat) < 2:
+        return float("nan")
+    corr = np.corrcoef(flat)
+    return float(corr[np.triu_indices(len(flat), k=1)].mean())
+
+
+def _target_layer(model: training.CNNClassifier, name: str | None) -> torch.nn.Module:
+    """``name`` is a submodule path inside the backbone (``features.3``); None: the last block."""
+    if not name:
+        return training.gradcam_target_layer(model)
+    try:
+        return model.backbone.get_submodule(name)
+    except AttributeError:
+        raise ValueError(
+            f"gradcam.target_layer {name!r} is not a submodule of the {model.backbone_name} "
+            "backbone (e.g. 'features.3' for EfficientNet-B0)"
+        ) from None
+
+
 def compute_gradcam(
     model_path: str | Path,
     predictions_path: str | Path,
@@ -499,17 +613,26 @@ def compute_gradcam(
     recipe: Mapping[str, Any],
     overrides: Mapping[str, Any] | None,
     malignant_labels: Sequence[str],
+    output_summary: str | Path | None = None,
+    archive_dir: str | Path | None = None,
     truth_dir: str | Path | None = None,
+    target_layer: str | None = None,
     region: str = "auto",
     border_width: float = 0.15,
     n_examples: int = 4,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Grad-CAM of every test image and the share of saliency outside the lesion.
+    """Grad-CAM of the malignant logit on every test image, and its share outside the lesion.
 
-    The lesion is the generator's true mask (synthetic twin, ``truth_dir``) or, without masks,
-    the image minus a border frame of ``border_width`` per side: the paper saw attention on
-    "image corners rather than the lesions themselves" (§4.1), which the border measures.
+    As in the authors' code (``ClassifierOutputTarget(0)`` on the one-logit model) the map
+    explains the malignant logit for every image, not the predicted class: a map of the
+    predicted class is empty after Grad-CAM's ReLU for most benign predictions.
+
+    The lesion is, in order: the HAM10000 lesion segmentation of the image (the manifest's
+    ``mask_uri``; training images of the real archive and of the twin), the twin's true mask
+    (``truth_dir``, synthetic only), or none (the image is not measured, ``region = "none"``).
+    ``region="border"`` measures against the image minus a border frame instead (the old,
+    mask-free reading of "attends to image corners").
 
     Parameters
     ----------
@@ -521,23 +644,31 @@ def compute_gradcam(
         ``.npz`` with the examples of fig05 and fig06: ``images`` (K, S, S, 3) uint8,
         ``maps`` (K, S, S) float32 in [0, 1], ``regions`` (K, S, S) bool, ``image_ids``.
     output_table : path
-        CSV, one row per test image: ``image_id, target, probability, prediction, correct,
-        outside_fraction, region``.
+        CSV, one row per test image: ``image_id, label, target, probability, prediction,
+        correct, empty, outside_fraction, area_outside, region``; ``area_outside`` is the share
+        of the image outside the lesion, which a flat map would put outside.
     recipe, overrides, malignant_labels
         The variant's configuration (for the preprocessing).
+    output_summary : path, optional
+        JSON: number of maps and of empty maps, mean pairwise correlation of the maps, the
+        target and layer, masks found per source, median outside share and area share.
+    archive_dir : path, optional
+        ``resources/archives/isic2018_task3`` (where the manifest's ``mask_uri`` points).
     truth_dir : path, optional
         Folder of synthetic truth masks (PNG named after the image).
-    region : {"auto", "mask", "border"}
-        Which lesion region to measure against; ``auto`` uses a mask where one exists.
+    target_layer : str, optional
+        Backbone submodule explained (``features.3``); default the last convolutional block.
+    region : {"auto", "border"}
     border_width : float
+        Frame width per side for ``region="border"``.
     n_examples : int
         Examples per row of fig05 (correct, incorrect) and in fig06.
     threads : int
     """
-    from PIL import Image
+    from melrepro.data.archive_io import ArchiveFolder
 
-    if region not in ("auto", "mask", "border"):
-        raise ValueError(f"region must be 'auto', 'mask' or 'border', got {region!r}")
+    if region not in ("auto", "border"):
+        raise ValueError(f"region must be 'auto' or 'border', got {region!r}")
     torch.set_num_threads(threads)
     pre, options = split_options(recipe, overrides)
     frame, images = load_task3(
@@ -552,45 +683,79 @@ def compute_gradcam(
     preds = pd.read_parquet(predictions_path)
     test = preds[preds["split"] == "test"].reset_index(drop=True)
     model = training.load_model(model_path, options)
+    layer = _target_layer(model, target_layer)
     x = transforms.per_image_normalize(
         torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in test["image_id"]])
     )
-    classes = test["prediction"].astype(int).tolist()
-    maps = saliency.gradcam_maps(model, x, training.gradcam_target_layer(model), classes=classes)
+    maps = saliency.gradcam_maps(model, x, layer, classes=[1] * len(test))
+    empty = maps.reshape(len(maps), -1).max(axis=1) <= 0
+    correlation = mean_pairwise_correlation(maps)
 
     size = pre["image_size"]
-    masks = _truth_masks(Path(truth_dir) if truth_dir else None, test["image_id"].tolist())
-    if region == "mask" and len(masks) < len(test):
-        raise ValueError(f"region='mask' but only {len(masks)} of {len(test)} masks were found")
+    manifest = pd.read_parquet(manifest_path)
+    mask_uri = (
+        manifest.set_index(manifest["image_id"].astype(str))["mask_uri"].dropna().to_dict()
+        if "mask_uri" in manifest.columns
+        else {}
+    )
+    truth = _truth_masks(Path(truth_dir) if truth_dir else None, test["image_id"].tolist())
     regions, kinds = [], []
+    archive = ArchiveFolder(archive_dir) if archive_dir else None
     for image_id in test["image_id"]:
-        if region != "border" and image_id in masks:
-            with Image.open(masks[image_id]) as m:
-                arr = (np.asarray(m.convert("L")) > 127).astype(np.uint8)
-            arr = transforms.center_crop_square(arr)
-            arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.NEAREST))
-            regions.append(arr.astype(bool))
-            kinds.append("mask")
-        else:
+        if region == "border":
             regions.append(~saliency.border_mask((size, size), border_width))
             kinds.append("border")
+        elif archive is not None and image_id in mask_uri:
+            regions.append(_square_mask(archive.read(mask_uri[image_id]), size))
+            kinds.append("segmentation")
+        elif image_id in truth:
+            regions.append(_square_mask(truth[image_id], size))
+            kinds.append("truth")
+        else:
+            regions.append(np.zeros((size, size), dtype=bool))
+            kinds.append("none")
+    if archive is not None:
+        archive.close()
     table = test[["image_id", "label", "target", "probability", "prediction"]].copy()
     table["correct"] = table["target"] == table["prediction"]
+    table["empty"] = empty
     table["outside_fraction"] = [
-        saliency.outside_fraction(m, r) for m, r in zip(maps, regions, strict=True)
+        saliency.outside_fraction(m, r) if k != "none" else float("nan")
+        for m, r, k in zip(maps, regions, kinds, strict=True)
+    ]
+    table["area_outside"] = [
+        float(1 - r.mean()) if k != "none" else float("nan")
+        for r, k in zip(regions, kinds, strict=True)
     ]
     table["region"] = kinds
+    summary = {
+        "n_maps": len(table),
+        "n_empty": int(empty.sum()),
+        "mean_pairwise_correlation": correlation,
+        "target": "malignant logit",
+        "target_layer": target_layer or "last block",
+        "map_side": int(size),
+        "regions": pd.Series(kinds).value_counts().to_dict(),
+        "images_without_mask": table.loc[table["region"] == "none", "image_id"].tolist(),
+        "median_outside_fraction": float(table["outside_fraction"].median()),
+        "median_area_outside": float(table["area_outside"].median()),
+        "share_above_area": float(
+            (table["outside_fraction"] > table["area_outside"])[
+                table["outside_fraction"].notna()
+            ].mean()
+        ),
+    }
     logger.info(
-        "Grad-CAM of %d test images; regions %s; median outside share %.3f",
-        len(table),
-        pd.Series(kinds).value_counts().to_dict(),
-        table["outside_fraction"].median(),
+        "Grad-CAM summary: %s", {k: v for k, v in summary.items() if k != "images_without_mask"}
     )
+    if summary["n_empty"]:
+        logger.warning("%d of %d Grad-CAM maps are empty", summary["n_empty"], len(table))
 
     confidence = (table["probability"] - 0.5).abs()
     correct = table[table["correct"]].assign(c=confidence).nlargest(n_examples, "c").index
     wrong = table[~table["correct"]].assign(c=confidence).nlargest(n_examples, "c").index
-    outside = table["outside_fraction"].fillna(-1).nlargest(n_examples).index
+    excess = table["outside_fraction"] - table["area_outside"]
+    outside = excess.fillna(-2).nlargest(n_examples).index
     keep = list(dict.fromkeys([*correct, *wrong, *outside]))
     Path(output_maps).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -604,6 +769,10 @@ def compute_gradcam(
         fig06=np.array(table.loc[outside, "image_id"].tolist()),
     )
     table.to_csv(output_table, index=False)
+    if output_summary is not None:
+        Path(output_summary).write_text(
+            json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8"
+        )
     return table
 
 
@@ -648,38 +817,65 @@ def plot_gradcam_examples(
 
 
 def plot_gradcam_outside(maps_path: str | Path, table_path: str | Path, output: str | Path) -> None:
-    """fig06: the test images whose saliency lies most outside the lesion, lesion outlined."""
+    """fig06: share of saliency outside the lesion against the share of the image outside it.
+
+    Left: one point per test image with a lesion mask; a flat (uninformative) map lies on the
+    identity line, a map on the lesion below it. Right: the images furthest above the line,
+    lesion outlined.
+    """
     from melrepro.report.figures import new_figure, save_figure
 
     index, data = _load_examples(maps_path)
-    table = pd.read_csv(table_path).set_index("image_id")
-    ids = [str(i) for i in data["fig06"]]
+    table = pd.read_csv(table_path)
+    measured = table[table["outside_fraction"].notna()]
+    ids = [str(i) for i in data["fig06"]][:4]
     n = max(1, len(ids))
-    fig, axes = new_figure(2, n, figsize=(2.4 * n, 5.2), squeeze=False)
+    fig, axes = new_figure(
+        2,
+        n + 2,
+        figsize=(2.3 * (n + 2), 5.0),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.2, 1.2] + [1] * n},
+    )
+    gs = axes[0][0].get_gridspec()
+    for ax in (axes[0][0], axes[0][1], axes[1][0], axes[1][1]):
+        ax.remove()
+    ax = fig.add_subplot(gs[:, :2])
+    for correct, colour, name in ((True, "tab:green", "correct"), (False, "tab:red", "wrong")):
+        part = measured[measured["correct"] == correct]
+        ax.scatter(part["area_outside"], part["outside_fraction"], s=18, c=colour, label=name)
+    ax.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--", label="flat map")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("share of the image outside the lesion")
+    ax.set_ylabel("share of saliency outside the lesion")
+    ax.legend(fontsize=7, loc="lower right")
+    above = (measured["outside_fraction"] > measured["area_outside"]).sum()
+    n_none = int((table["region"] == "none").sum())
+    ax.set_title(
+        f"{above} of {len(measured)} maps put more saliency outside\nthan a flat map would"
+        + (f" ({n_none} images without mask)" if n_none else ""),
+        fontsize=8,
+    )
+    rows = table.set_index("image_id")
     for c, image_id in enumerate(ids):
         k = index[image_id]
-        row = table.loc[image_id]
+        row = rows.loc[image_id]
         for r, picture in enumerate(
             [data["images"][k], _overlay(data["images"][k], data["maps"][k])]
         ):
-            ax = axes[0 if r == 0 else 1][c]
-            ax.imshow(picture)
-            ax.contour(data["regions"][k], levels=[0.5], colors="lime", linewidths=0.8)
-            ax.set_axis_off()
-        frac = row["outside_fraction"]
-        if pd.isna(frac):
-            summary = "no saliency (empty map)"
-        else:
-            verdict = "mostly outside" if frac > 0.5 else "mostly inside"
-            summary = f"{frac:.0%} outside ({verdict})"
-        axes[0][c].set_title(
-            f"{row['region']}: {summary}\n{'correct' if row['correct'] else 'wrong'} prediction",
+            a = axes[r][c + 2]
+            a.imshow(picture)
+            a.contour(data["regions"][k], levels=[0.5], colors="lime", linewidths=0.8)
+            a.set_axis_off()
+        axes[0][c + 2].set_title(
+            f"{row['outside_fraction']:.0%} of saliency outside\n"
+            f"({row['area_outside']:.0%} of the area)",
             fontsize=8,
         )
-    share = (table["outside_fraction"].dropna() > 0.5).mean()
-    fig.suptitle(
-        "Grad-CAM saliency outside the lesion (green outline)\n"
-        f"{share:.0%} of test images have more than half of it outside",
-        fontsize=10,
-    )
+    for c in range(len(ids), n):
+        for r in range(2):
+            axes[r][c + 2].set_axis_off()
+    fig.suptitle("Grad-CAM of the malignant logit outside the lesion (green outline)", fontsize=10)
     save_figure(fig, output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import subprocess
 from datetime import UTC, datetime
@@ -67,6 +68,18 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def _gpu_claim() -> dict[str, Any] | None:
+    """Index, name and memory of the job's GPUs, as ``claim_gpus`` left them in the environment."""
+    text = os.environ.get("MELREPRO_GPU_DEVICES")
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        logger.warning("MELREPRO_GPU_DEVICES is not JSON: %r", text)
+        return None
+
+
 def run_info(
     *,
     data_source: str,
@@ -102,6 +115,8 @@ def run_info(
         "python": platform.python_version(),
         "weights": weights,
         "device": device,
+        # The GPUs this job owned (methods.gpu_slots.claim_gpus exports them); None otherwise.
+        "gpu": _gpu_claim(),
         "seed": seed,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **extra,

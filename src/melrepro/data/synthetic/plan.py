@@ -3,6 +3,7 @@ labels, metadata, sizes and drawing parameters. No pixels here (see :mod:`.draw`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,12 @@ _MALE = {
     "vascular": 0.5,
 }
 _SEVERITY = ["melanoma", "scc", "bcc", "actinic_keratosis"]  # a patient's "worst" lesion
+#: Styles a lesion of each style may be painted in when the spec's ``difficulty`` > 0.
+_OVERLAP = {
+    "melanoma": ("nevus", "seborrheic_keratosis"),
+    "nevus": ("melanoma",),
+    "seborrheic_keratosis": ("melanoma",),
+}
 
 _SITES = (
     "posterior torso",
@@ -180,6 +187,25 @@ def _style(dataset: str, label: str, rng: np.random.Generator) -> tuple[str, str
     return _STYLE[label], diagnosis
 
 
+#: Malignant classes per dataset for ``class_overlap`` (the archive's benign_malignant field).
+_MALIGNANT_CLASSES = {"isic2018_task3": ("MEL", "BCC", "AKIEC")}
+
+
+def _overlap_style(
+    dataset: str, label: str, overlap: float, rng: np.random.Generator
+) -> str | None:
+    """With probability ``overlap``, the style of a random class of the other malignancy group."""
+    if overlap <= 0:
+        return None
+    if dataset not in _MALIGNANT_CLASSES:
+        raise ValueError(f"class_overlap is only defined for {sorted(_MALIGNANT_CLASSES)}")
+    if rng.uniform() >= overlap:
+        return None
+    malignant = _MALIGNANT_CLASSES[dataset]
+    others = [c for c in CLASSES[dataset] if (c in malignant) != (label in malignant)]
+    return _style(dataset, str(rng.choice(others)), rng)[0]
+
+
 def _group_sizes(n: int, mean: float, rng: np.random.Generator) -> list[int]:
     """Split ``n`` images into groups of 1 + Poisson(mean - 1) images."""
     sizes = []
@@ -224,15 +250,24 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
     """Draw the population of ``dataset`` (``spec`` already resolved): one plan per image, in
     id order (official splits in layout order, classes shuffled within a split)."""
     rng = np.random.default_rng(seed + SEED_OFFSET[dataset])
+    # difficulty draws come from their own stream: difficulty 0 leaves every other draw as is
+    difficulty = float(spec.get("difficulty", 0.0))
+    difficulty_rng = np.random.default_rng([seed + SEED_OFFSET[dataset], 12])
     layout = DATASETS[dataset]
     # 1. lesions of every split, each with its class, style and number of images
     by_split: dict[str, list[dict[str, Any]]] = {}
+    # Its own stream, so that class_overlap = 0 leaves every other draw as it was.
+    overlap_rng = np.random.default_rng([seed, SEED_OFFSET[dataset], 12])
+    overlap = float(spec.get("class_overlap", 0.0))
     for image_set in layout.image_sets:
         lesions = []
         for label in CLASSES[dataset]:
             n = int(spec["counts"].get(image_set.split, {}).get(label, 0))
             for k in _group_sizes(n, spec["images_per_lesion"], rng):
                 style, diagnosis = _style(dataset, label, rng)
+                swapped = _overlap_style(dataset, label, overlap, overlap_rng)
+                if swapped is not None:
+                    style = swapped
                 lesions.append({"label": label, "style": style, "diagnosis": diagnosis, "n": k})
         by_split[image_set.split] = [lesions[i] for i in rng.permutation(len(lesions))]
 
@@ -256,7 +291,11 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
             pid, sex, age = patients[o]
             weights = _SITE_WEIGHTS[sex] * _SITE_FACTOR.get(les["style"], 1)
             site = str(rng.choice(_SITES, p=weights / weights.sum()))
-            lesion = sample_lesion(les["style"], np.random.default_rng(int(rng.integers(2**62))))
+            painted = les["style"]
+            if difficulty > 0 and painted in _OVERLAP and difficulty_rng.uniform() < difficulty:
+                painted = str(difficulty_rng.choice(_OVERLAP[painted]))
+            les["painted"] = painted
+            lesion = sample_lesion(painted, np.random.default_rng(int(rng.integers(2**62))))
             extra = {}
             if dataset == "isic2018_task3":
                 extra = {
@@ -291,7 +330,7 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
                 split=split,
                 label=les["label"],
                 diagnosis=les["diagnosis"],
-                style=les["style"],
+                style=les.get("painted", les["style"]),
                 patient_id=f"IP_{patient_ids[pnum]:07d}",
                 lesion_id=_lesion_id(dataset, int(lesion_ids[lnum])),
                 sex=sex,
@@ -305,8 +344,27 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
             )
         )
     if dataset == "isic2020":
+        _darken_melanomas(plans, float(spec.get("melanoma_brightness", 1.0)))
+        _ensure_missing_test_value(plans, spec)
         _add_duplicates(plans, spec, rng)
     return plans
+
+
+def _darken_melanomas(plans: list[ImagePlan], factor: float) -> None:
+    """Scale the overall brightness of every melanoma image (no random draws)."""
+    if factor == 1.0:
+        return
+    for p in plans:
+        if p.label == "melanoma":
+            p.scene = dataclasses.replace(p.scene, brightness=p.scene.brightness * factor)
+
+
+def _ensure_missing_test_value(plans: list[ImagePlan], spec: dict[str, Any]) -> None:
+    """With missing metadata on, at least one test image has a blank site (the real test set
+    has some, and siim2020 must keep such rows); no random draws."""
+    test = [p for p in plans if p.split == "test"]
+    if spec["missing_metadata"] > 0 and test and not any(p.missing for p in test):
+        test[0].missing = frozenset({"site"})
 
 
 def _dx_type(label: str, rng: np.random.Generator) -> str:
@@ -330,7 +388,22 @@ def _add_duplicates(plans: list[ImagePlan], spec: dict[str, Any], rng: np.random
     train = [i for i, p in enumerate(plans) if p.split == "train"]
     used: set[int] = set()
     n = int(spec["duplicates"])
-    for j in rng.permutation(train):
+    order = [int(j) for j in rng.permutation(train)]
+    # A melanoma among the duplicates (the real file has some): the first melanoma that has an
+    # earlier melanoma to copy is tried first.
+    first_mel = next(
+        (
+            j
+            for j in order
+            if plans[j].label == "melanoma"
+            and any(i < j and plans[i].label == "melanoma" for i in train)
+        ),
+        None,
+    )
+    if first_mel is not None:
+        order.remove(first_mel)
+        order.insert(0, first_mel)
+    for j in order:
         if n == 0:
             break
         candidates = [

@@ -64,9 +64,16 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
             {"min_height": 1000, "max_height": 1800, "count": 14},
             {"min_height": 2000, "max_height": 2400, "count": 6},
         ],
+        # sp_graphs' default tables must not saturate (issue 12): classes overlap as real lesions do;
+        # 0.12 caps the AUC of a perfect classifier of appearance at 88 % (0.3 gave 55-71 %)
+        difficulty=0.12,
     ),
     "isic_archive_melanoma": _spec(
-        {"train": {"melanoma": 20}}, min_height=320, max_height=450, aspect_ratios=[1.333, 1.5]
+        {"train": {"melanoma": 20}},
+        min_height=320,
+        max_height=450,
+        aspect_ratios=[1.333, 1.5],
+        difficulty=0.12,
     ),
     "isic2018_task2": _spec(
         {"train": {"melanoma": 20, "seborrheic_keratosis": 10, "nevus": 30}},
@@ -84,6 +91,7 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         max_height=450,
         aspect_ratios=[1.333],
         images_per_lesion=1.4,
+        class_overlap=0.0,
     ),
     "isic2019": _spec(
         {
@@ -102,14 +110,17 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         max_height=400,
         images_per_lesion=1.3,
     ),
+    # siim2020: ~100 training patients (so that the 15 % validation patients hold >= 5
+    # melanomas and a TPR in [0.8, 0.9] exists), darker melanomas (paper §3, Fig. 2).
     "isic2020": _spec(
-        {"train": {"melanoma": 27, "benign": 273}, "test": {"melanoma": 6, "benign": 54}},
+        {"train": {"melanoma": 60, "benign": 540}, "test": {"melanoma": 6, "benign": 54}},
         min_height=256,
-        max_height=400,
+        max_height=320,
         images_per_lesion=1.2,
         images_per_patient=6.0,
-        duplicates=6,
+        duplicates=8,
         near_duplicate_fraction=0.5,
+        melanoma_brightness=0.85,
     ),
 }
 
@@ -192,6 +203,14 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         0,
         1,
     ),
+    "difficulty": (
+        {"type": "number"},
+        "Class overlap: the probability that a lesion is painted in the style of a confusable "
+        "class (a melanoma as a nevus or seborrheic keratosis, a nevus or keratosis as a "
+        "melanoma); labels, demographics and sites keep the true class (0 = separable classes).",
+        0,
+        1,
+    ),
     "jpeg_quality": ({"type": "integer"}, "JPEG quality of every image.", 50, 100),
     "max_render_side": (
         {"type": "integer"},
@@ -200,11 +219,26 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         128,
         8192,
     ),
+    "class_overlap": (
+        {"type": "number"},
+        "Fraction of lesions painted in the style of a class of the other malignancy group "
+        "(their label is kept), so that class signals overlap as real lesions do; 0 keeps every "
+        "class in its own style (isic2018_task3 only).",
+        0,
+        0.5,
+    ),
     "duplicates": (
         {"type": "integer"},
         "Pairs of training images listed in ISIC_2020_Training_Duplicates.csv (isic2020 only).",
         0,
         100000,
+    ),
+    "melanoma_brightness": (
+        {"type": "number"},
+        "Factor on the overall brightness of melanoma images (isic2020 only; < 1: melanomas "
+        "darker, as in paper 002 Fig. 2; the brightness ranges of the classes still overlap).",
+        0.3,
+        2,
     ),
     "near_duplicate_fraction": (
         {"type": "number"},

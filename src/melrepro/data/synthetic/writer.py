@@ -16,7 +16,8 @@ Besides the official files, ``<outdir>/synthetic_truth/`` holds the generator's 
     ``lesion_area`` (fraction of the image); one 0/1 column per task-2 structure (painted and
     visible: its region is non-empty); ``n_colours``, ``asymmetry`` and ``irregularity`` (sums of
     the border's harmonic amplitudes 1-3 and 4-24); ``duplicate_of`` (isic2020: the image this one
-    copies); ``mask`` (path of the truth mask, relative to ``synthetic_truth/``).
+    copies); ``mask`` (path of the truth mask, relative to ``synthetic_truth/``); isic2020 adds
+    ``image_brightness`` (mean of the written JPEG over pixels and channels, 0-255).
 
 Zip members are written in sorted order (folder entry first) with a fixed timestamp (1 January of
 the challenge year) and fixed permissions; JPEG quality and PNG compression are fixed.
@@ -39,7 +40,7 @@ from melrepro.data.synthetic.draw import Rendered, render
 from melrepro.data.synthetic.plan import ImagePlan, plan_dataset
 from melrepro.data.synthetic.spec import resolve_spec
 
-__all__ = ["TRUTH_COLUMNS", "write_synthetic_archive"]
+__all__ = ["ISIC2020_TRUTH_COLUMNS", "TRUTH_COLUMNS", "write_synthetic_archive"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ TRUTH_COLUMNS = (
     "duplicate_of",
     "mask",
 )
+#: Extra truth columns of isic2020: ``image_brightness``, the mean over pixels and channels of the
+#: written JPEG (0-255), the quantity siim2020's brightness expert routes on.
+ISIC2020_TRUTH_COLUMNS = ("image_brightness",)
 _SITE_2020 = {"posterior torso": "torso", "anterior torso": "torso", "lateral torso": "torso"}
 
 
@@ -251,7 +255,12 @@ def _write_zip_set(
         path = outdir / "synthetic_truth" / "masks" / f"{p.image_id}.png"
         path.write_bytes(mask_png)
         written.append(path)
-        truth.append(_truth_row(p, rendered))
+        row = _truth_row(p, rendered)
+        if dataset == "isic2020":  # siim2020 routes on the image's mean intensity
+            with Image.open(io.BytesIO(data)) as written_image:
+                pixels = np.asarray(written_image.convert("RGB"), dtype=np.float64)
+            row["image_brightness"] = f"{pixels.mean():.3f}"
+        truth.append(row)
     for z in (images, masks, attributes):
         if z is not None:
             z.close()
@@ -456,7 +465,8 @@ def write_synthetic_archive(
         path.write_bytes(_csv(layout.extra_csvs[0].columns, rows))
         written.append(path)
     path = outdir / "synthetic_truth" / "truth.csv"
-    path.write_bytes(_csv(TRUTH_COLUMNS, truth))
+    columns = (*TRUTH_COLUMNS, *ISIC2020_TRUTH_COLUMNS) if dataset == "isic2020" else TRUTH_COLUMNS
+    path.write_bytes(_csv(columns, truth))
     written.append(path)
     logger.info("wrote %d images of %s to %s", len(plans), dataset, outdir)
     return sorted(set(written))

@@ -1,0 +1,10 @@
+"""Rule tabulate_siim2020: table01 (every training at its threshold) and table02 (dataset counts)."""
+
+from melrepro.papers.siim2020 import tabulate_table01, tabulate_table02
+from melrepro.report.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+tabulate_table01(
+    list(snakemake.input.metrics), snakemake.output.table01, run_info=snakemake.params.run_info
+)
+tabulate_table02(list(snakemake.input.counts), snakemake.output.table02)

@@ -1,0 +1,338 @@
+"""siim2020: cleaning, datasets, augmentation, metadata, routing, threshold rule, submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from melrepro.data.manifests import index_dataset
+from melrepro.data.splits import make_split
+from melrepro.methods.metadata_models import (
+    SITES_2020,
+    ExpertResNet,
+    MetaResNet,
+    ModelSpec,
+    encode_metadata,
+    metadata_columns,
+)
+from melrepro.papers import siim2020
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory) -> Path:
+    """A small isic2020 twin with several images per patient, duplicates and missing values."""
+    from melrepro.data.synthetic import write_synthetic_archive
+
+    root = tmp_path_factory.mktemp("siim2020") / "isic2020"
+    spec = {
+        "counts": {"train": {"melanoma": 24, "benign": 120}, "test": {"melanoma": 2, "benign": 10}},
+        "min_height": 40,
+        "max_height": 48,
+        "images_per_patient": 5.0,
+        "duplicates": 4,
+        "missing_metadata": 0.05,
+    }
+    write_synthetic_archive("isic2020", root, spec, seed=SEED)
+    return root
+
+
+@pytest.fixture(scope="module")
+def manifest(twin) -> pd.DataFrame:
+    return index_dataset(twin, "isic2020")
+
+
+@pytest.fixture(scope="module")
+def brightness(manifest) -> pd.DataFrame:
+    """Distinct made-up brightness values (the threshold is their melanoma median)."""
+    rng = np.random.default_rng(0)
+    values = rng.permutation(len(manifest)).astype(float) + 0.5
+    return pd.DataFrame({"image_id": manifest["image_id"], "brightness": values})
+
+
+def _datasets(manifest, brightness, protocol="patient", **kw):
+    split = make_split(manifest, "patient_85_15", seed=SEED)
+    return siim2020.build_datasets(manifest, split, brightness, protocol=protocol, seed=SEED, **kw)
+
+
+def test_cleaning_counts_match_the_raw_csvs(twin, manifest):
+    """Check cleaning removes the duplicates file's second images, then rows with a blank sex,
+    age or site, counted independently from the official CSVs."""
+    gt = pd.read_csv(twin / "ISIC_2020_Training_GroundTruth_v2.csv")  # blanks -> NaN
+    dup = pd.read_csv(twin / "ISIC_2020_Training_Duplicates.csv")
+    kept = gt[~gt["image_name"].isin(dup["image_name_2"])]
+    cols = ["sex", "age_approx", "anatom_site_general_challenge"]
+    expected = kept.dropna(subset=cols)
+    clean, test, counts = siim2020.clean_training(manifest)
+    assert counts["duplicates_removed"] == len(dup) == 4
+    assert counts["missing_removed"] == len(kept) - len(expected) > 0
+    assert sorted(clean["image_id"]) == sorted(expected["image_name"])
+    assert counts["cleaned_melanomas"] == int(expected["target"].sum())
+    test_csv = pd.read_csv(twin / "ISIC_2020_Test_Metadata.csv")
+    assert len(test) == len(test_csv)  # the test set keeps every row, missing values included
+    assert counts["test_rows_with_missing_metadata"] >= 1
+
+
+def test_patient_protocol_datasets(manifest, brightness):
+    """Check patients are disjoint, leakage 0, Small = melanomas + 2 own benign rows per patient,
+    and the augmented sets hold (k + 1) x Small rows with copy 0 the originals."""
+    rows, counts = _datasets(manifest, brightness)
+    clean, _, _ = siim2020.clean_training(manifest)
+    by_id = clean.set_index("image_id")
+    for name in siim2020.DATASETS:
+        part = rows[rows["dataset"] == name]
+        train_p = set(part.loc[part["role"] == "train", "patient_id"])
+        for role in ("val", "eval"):
+            assert not train_p & set(part.loc[part["role"] == role, "patient_id"]), (name, role)
+        assert counts["datasets"][name]["leakage_rows_removed"] == 0
+    all_train = rows[(rows["dataset"] == "all") & (rows["role"] == "train")]
+    small = rows[(rows["dataset"] == "small") & (rows["role"] == "train")]
+    with_benign = all_train.loc[all_train["target"] == 0, "patient_id"].nunique()
+    assert len(small) == int(all_train["target"].sum()) + 2 * with_benign
+    assert (small["target"] == 1).sum() == all_train["target"].sum()
+    benign = small[small["target"] == 0]
+    assert (benign.groupby("patient_id").size() == 2).all()
+    assert (by_id.loc[benign["image_id"], "patient_id"].to_numpy() == benign["patient_id"]).all()
+    assert (by_id.loc[benign["image_id"], "target"] == 0).all()
+    for name, k in (("small3aug", 3), ("small5aug", 5)):
+        aug = rows[(rows["dataset"] == name) & (rows["role"] == "train")]
+        assert len(aug) == (k + 1) * len(small)
+        assert sorted(aug.loc[aug["copy"] == 0, "image_id"]) == sorted(small["image_id"])
+        val = rows[(rows["dataset"] == name) & (rows["role"] == "val")]
+        assert (val["copy"] == 0).all()
+    # one evaluation set for every dataset under the patient split
+    evals = [
+        set(rows.loc[(rows["dataset"] == n) & (rows["role"] == "eval"), "image_id"])
+        for n in siim2020.DATASETS
+    ]
+    assert all(e == evals[0] for e in evals)
+
+
+def test_exactly_half_the_training_melanomas_are_below_the_threshold(manifest, brightness):
+    """Check the brightness threshold is the training melanomas' median: n // 2 strictly below."""
+    rows, counts = _datasets(manifest, brightness)
+    mel = rows[(rows["dataset"] == "all") & (rows["role"] == "train") & (rows["target"] == 1)]
+    b = brightness.set_index("image_id").loc[mel["image_id"], "brightness"].to_numpy()
+    assert counts["brightness_threshold"] == pytest.approx(np.median(b))
+    assert counts["melanomas_below_threshold"] == (b < counts["brightness_threshold"]).sum()
+    assert counts["melanomas_below_threshold"] == len(b) // 2
+
+
+def test_author_code_protocol_removes_training_images_from_evaluation(manifest, brightness):
+    """Check the author's protocol: 80:20 row cut by patient id, and no evaluation image is a
+    training image of its dataset (removed rows are counted)."""
+    rows, counts = _datasets(
+        manifest, brightness, protocol="author_code", author_code={"small_val_patients": 6}
+    )
+    clean, _, _ = siim2020.clean_training(manifest)
+    all_val = rows[(rows["dataset"] == "all") & (rows["role"] == "val")]
+    assert len(all_val) == len(clean) - round(0.8 * len(clean))
+    ordered = clean.sort_values(["patient_id", "image_id"])["image_id"]
+    assert list(all_val["image_id"]) == list(ordered.iloc[round(0.8 * len(clean)) :])
+    for name in siim2020.DATASETS:
+        part = rows[rows["dataset"] == name]
+        train = set(part.loc[part["role"] == "train", "image_id"])
+        ev = set(part.loc[part["role"] == "eval", "image_id"])
+        assert not train & ev
+        removed = len(set(all_val["image_id"]) & train)
+        assert counts["datasets"][name]["leakage_rows_removed"] == removed
+    small_val = rows[(rows["dataset"] == "small") & (rows["role"] == "val")]
+    assert small_val["patient_id"].nunique() == 6
+
+
+def test_augmented_copies_are_deterministic():
+    """Check copy 0 is the source, a copy is identical when made again (each epoch) and differs
+    from other copies and other seeds, with shape and dtype kept."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=0) is image
+    a = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=2)
+    b = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=2)
+    c = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=3)
+    d = siim2020.augment_copy(image, seed=2, image_id="ISIC_1", copy=2)
+    assert a.shape == image.shape
+    assert a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a, d)
+    assert not np.array_equal(a, image)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
+    assert torch.rand(1) == before  # the global RNG is left alone
+
+
+def test_metadata_one_hots_in_fixed_order():
+    """Check age raw, sex and six sites one-hot in a fixed order; missing/unseen are zeros."""
+    frame = pd.DataFrame(
+        {
+            "age": [45.0, None, 70.0],
+            "sex": pd.array(["female", "male", pd.NA], dtype="string"),
+            "site": pd.array(["torso", "palms/soles", "ear"], dtype="string"),
+        }
+    )
+    x = encode_metadata(frame)
+    assert metadata_columns() == [
+        "age_approx",
+        "sex_female",
+        "sex_male",
+        "site_head/neck",
+        "site_lower extremity",
+        "site_oral/genital",
+        "site_palms/soles",
+        "site_torso",
+        "site_upper extremity",
+    ]
+    expected = np.array(
+        [
+            [45, 1, 0, 0, 0, 0, 0, 1, 0],
+            [0, 0, 1, 0, 0, 0, 1, 0, 0],
+            [70, 0, 0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=np.float32,
+    )
+    assert np.array_equal(x, expected)
+    no_sex = encode_metadata(frame, include_sex=False, route_female=True)
+    assert no_sex.shape == (3, 8)
+    assert no_sex[:, -1].tolist() == [1.0, 0.0, 0.0]  # the routing flag, last
+
+
+def test_brightness_router_sends_a_black_image_to_the_dark_expert():
+    """Check brightness routing: black -> dark (0), white -> light (1), threshold in 0-255."""
+    model = ExpertResNet("brightness", 9, brightness_threshold=100.0).eval()
+    x = torch.stack([torch.zeros(3, 32, 32), torch.ones(3, 32, 32), torch.full((3, 32, 32), 0.38)])
+    assert model.expert_of(x, torch.zeros(3, 9)).tolist() == [0, 1, 0]  # 0.38 * 255 = 96.9
+
+
+def test_all_female_batch_leaves_the_male_expert_without_gradient():
+    """Check sex routing: an all-female batch trains only the female expert (male grads zero)."""
+    torch.manual_seed(0)
+    model = ExpertResNet("sex", 7).train()
+    x = torch.rand(4, 3, 16, 16)
+    meta = torch.cat([torch.rand(4, 7), torch.ones(4, 1)], dim=1)  # flag 1 = female
+    model(x, meta).sum().backward()
+    female, male = model.backbone
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in female.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in male.parameters())
+    # a lone male image in training mode still trains (BatchNorm on one sample)
+    model.zero_grad()
+    meta[0, -1] = 0.0
+    model(x, meta).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in male.parameters())
+
+
+def test_base_model_shape_and_parameter_count():
+    """Check the base model: (B, 1) logits, ~11.25M parameters (ResNet18 + 9-512-128 MLP + head)."""
+    model = MetaResNet(9).eval()
+    assert model(torch.rand(2, 3, 32, 32), torch.rand(2, 9)).shape == (2, 1)
+    n = sum(p.numel() for p in model.parameters())
+    assert 11_200_000 < n < 11_300_000
+    with pytest.raises(ValueError, match="width 9"):
+        model(torch.rand(2, 3, 32, 32), torch.rand(2, 7))
+
+
+def test_model_factory_trains_and_reloads(tmp_path):
+    """Check train_model(model_factory=...) trains the metadata model, and load_model with the
+    factory restores identical predictions; another factory config does not resume."""
+    from melrepro.methods import training
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0, 1] * 6)
+    meta = encode_metadata(
+        pd.DataFrame({"age": 40 + 20 * labels, "sex": ["male"] * 12, "site": ["torso"] * 12})
+    )
+    ds = training.ArrayDataset(images, labels, metadata=meta)
+    options = training.TrainOptions(
+        backbone="resnet18",
+        loss="bce",
+        optimizer="adam",
+        lr=1e-3,
+        epochs=1,
+        batch_size=4,
+        sampler_positive_fraction=None,
+        accumulation_steps=1,
+        amp=False,
+        freeze_epochs=0,
+        monitor="val_loss",
+        device="cpu",
+        seed=1,
+    )
+    spec = ModelSpec("base", 9)
+    result = training.train_model(ds, ds, options, checkpoint_dir=tmp_path, model_factory=spec)
+    assert isinstance(result.model, MetaResNet)
+    p = training.predict(result.model, ds, options=options)
+    again = training.load_model(tmp_path / "best.pt", options, model_factory=spec)
+    assert np.allclose(training.predict(again, ds, options=options), p)
+    other = ModelSpec("base", 9, dropout=0.1)
+    resumed = training.train_model(ds, ds, options, checkpoint_dir=tmp_path, model_factory=spec)
+    assert resumed.resumed_from_epoch == 1
+    fresh = training.train_model(ds, ds, options, checkpoint_dir=tmp_path, model_factory=other)
+    assert fresh.resumed_from_epoch == 0
+
+
+def test_threshold_rule_against_a_hand_computation():
+    """Check F1-max with TPR in [0.8, 0.9] on hand-made scores, and the fallback out of band."""
+    # 10 positives, 10 negatives. Thresholds at positives' scores give TPR k/10.
+    pos = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.1])
+    neg = np.array([0.88, 0.75, 0.65, 0.55, 0.45, 0.35, 0.25, 0.2, 0.15, 0.05])
+    y = np.r_[np.ones(10), np.zeros(10)].astype(int)
+    s = np.r_[pos, neg]
+    # t = 0.4: TP 8, FP 5 (0.88 .. 0.45) -> F1 16/23; t = 0.3: TP 9, FP 6 -> F1 18/25 = 0.72
+    # (TPR 0.8 and 0.9; the larger F1 wins: 0.72 > 0.6957).
+    t, rule = siim2020.choose_threshold(y, s, (0.8, 0.9))
+    assert t == pytest.approx(0.3)
+    assert rule.startswith("F1-max")
+    scores = siim2020.evaluate_at(y, s, t)
+    assert scores["f1"] == pytest.approx(18 / 25)
+    assert scores["recall"] == pytest.approx(0.9)
+    # 3 positives: TPRs 1/3, 2/3, 1 -> none in [0.8, 0.9]; the smallest TPR >= 0.8 is 1.0,
+    # reached first at the lowest positive score.
+    y3 = np.array([1, 1, 1, 0, 0, 0])
+    s3 = np.array([0.9, 0.6, 0.2, 0.7, 0.3, 0.1])
+    t3, rule3 = siim2020.choose_threshold(y3, s3, (0.8, 0.9))
+    assert t3 == pytest.approx(0.2)
+    assert "none in band" in rule3
+
+
+def test_submission_one_row_per_test_image_in_metadata_order(twin, manifest, tmp_path):
+    """Check image_name,target: one row per test image, ids equal to the test metadata's order."""
+    test = manifest[manifest["official_split"] == "test"]
+    preds = pd.DataFrame(
+        {
+            "image_id": test["image_id"].iloc[::-1].to_numpy(),
+            "role": "test",
+            "probability": np.linspace(0, 1, len(test)),
+        }
+    )
+    path = tmp_path / "p.parquet"
+    preds.to_parquet(path)
+    out = tmp_path / "submission.csv"
+    siim2020.write_submission(path, twin / "ISIC_2020_Test_Metadata.csv", out)
+    sub = pd.read_csv(out)
+    meta = pd.read_csv(twin / "ISIC_2020_Test_Metadata.csv")
+    assert list(sub.columns) == ["image_name", "target"]
+    assert list(sub["image_name"]) == list(meta["image"])
+    assert dict(zip(sub["image_name"], sub["target"], strict=True)) == pytest.approx(
+        dict(zip(preds["image_id"], preds["probability"], strict=True))
+    )
+    preds.iloc[1:].to_parquet(path)
+    with pytest.raises(ValueError, match="without prediction"):
+        siim2020.write_submission(path, twin / "ISIC_2020_Test_Metadata.csv", out)
+
+
+def test_jpeg_round_trip_keeps_brightness():
+    """Check the q60 round trip changes pixels but keeps the brightness within 2 levels."""
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(120, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+    out = siim2020.jpeg_round_trip(image, 60)
+    assert out.shape == image.shape
+    assert not np.array_equal(out, image)
+    assert abs(float(out.mean()) - float(image.mean())) < 2
+    assert SITES_2020[0] == "head/neck"
