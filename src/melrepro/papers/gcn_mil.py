@@ -1243,8 +1243,8 @@ def plot_gcn_mil(
         axes[1].add_patch(Rectangle((xx, yy), k, k, fill=False, edgecolor="blue", linewidth=0.5))
     axes[1].add_patch(Rectangle((x, y), k, k, fill=False, edgecolor="red", linewidth=1.5))
     axes[1].set_title(
-        f"adjacent blocks (Eq. 1, radius {ADJACENCY_TITLES[bag_opts.adjacency_radius]}): "
-        f"{len(neighbours)}",
+        f"{len(neighbours)} adjacent blocks, Eq. 1 radius "
+        f"{ADJACENCY_TITLES[bag_opts.adjacency_radius]}",
         fontsize=9,
     )
     save_figure(fig, figure_paths["fig02"])
