@@ -21,6 +21,8 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 # ---- data: archives (synthetic twin or download), ingest, manifests, image cache, splits ----
 include: "workflow/rules/data.smk"
+# ---- torchvision ImageNet weights for offline compute nodes (TORCH_HOME) ----
+include: "workflow/rules/weights.smk"
 # ---- the papers ----
 include: "workflow/rules/gcn_mil.smk"
 include: "workflow/rules/sp_graphs.smk"

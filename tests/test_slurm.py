@@ -92,3 +92,30 @@ def test_workflow_runs_through_the_slurm_profile(slurm, tmp_path):
     info = json.loads((tmp_path / "results/effnet_ham/models/baseline2/run_info.json").read_text())
     assert info["gpu"]["source"] == "slurm"
     assert info["gpu"]["cuda_visible_devices"] not in (None, "")
+
+
+def test_resource_check_flags_requests_larger_than_the_node(slurm):
+    """Check scripts/check_slurm_resources.py passes the embedded default on this 1-node Slurm
+    and names the real-scale rules (8 threads, 64 GB) that would stay PENDING forever."""
+    script = ROOT / "scripts" / "check_slurm_resources.py"
+    env = {**slurm, "PYTHONPATH": str(ROOT / "src")}
+    small = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert small.returncode == 0, small.stdout + small.stderr[-2000:]
+    big = subprocess.run(
+        [sys.executable, str(script), "--configfile", str(ROOT / "config" / "isic.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert big.returncode == 1, big.stdout + big.stderr[-2000:]
+    cpus = os.cpu_count()
+    assert (
+        re.search(
+            rf"^train_effnet_ham: threads=8 but partition gpu has {cpus} CPUs", big.stdout, re.M
+        )
+        or cpus >= 8
+    )
+    assert "train_gcn_mil: mem_mb=64000" in big.stdout

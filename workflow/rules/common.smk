@@ -1,6 +1,7 @@
 # Shared by the other .smk files. Config validation, dataset and paper tables, paths, input functions.
 
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -234,3 +235,14 @@ def siim_prepared(kind):
 
 def siim_model_files(model, name, protocol="patient"):
     return [f"{siim_model_dir(protocol, model, d)}/{name}" for d in SIIM_DATASETS]
+
+
+# ---- torchvision weights for offline compute nodes (rule in weights.smk) ----
+TORCH_HOME = "resources/torch_home"
+# Set here, at parse time, so local jobs inherit it and SLURM jobs (which re-read this file) too.
+os.environ.update({"TORCH_HOME": os.path.abspath(TORCH_HOME)})
+
+
+def torchvision_weights(model):
+    """The marker of ``model``'s fetched ImageNet weights, or [] when pretrained is off."""
+    return [f"{TORCH_HOME}/{model}.json"] if config.get("pretrained") else []

@@ -37,6 +37,7 @@ if EFFNET_HAM:
             manifest=manifest("isic2018_task3"),
             split=EFFNET_HAM_SPLIT,
             cache=effnet_ham_cache,
+            weights=torchvision_weights(EFFNET_HAM["recipe"]["backbone"]),
         output:
             model=f"{EFFNET_HAM_DIR}/models/{{variant}}/model.pt",
             history=f"{EFFNET_HAM_DIR}/models/{{variant}}/history.csv",

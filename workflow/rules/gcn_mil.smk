@@ -63,6 +63,7 @@ rule extract_gcn_mil_features:
         cache=f"results/data/isic2017/cache/{GCN_MIL.get('cache_res', 'orig')}/shard-{{shard}}.npz",
         manifest=manifest("isic2017"),
         split=split_file("isic2017", "official"),
+        weights=torchvision_weights("resnet18"),
     output:
         features=f"{GCN_MIL_OUT}/features/shard-{{shard}}.pt",
         zero=f"{GCN_MIL_OUT}/features/shard-{{shard}}_zero.pt",

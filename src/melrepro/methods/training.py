@@ -41,8 +41,10 @@ from melrepro.methods.devices import choose_device
 __all__ = [
     "ArrayDataset",
     "CNNClassifier",
+    "RawImages",
     "TrainOptions",
     "TrainResult",
+    "augment_on_device",
     "build_model",
     "evaluate",
     "gradcam_target_layer",
@@ -514,8 +516,14 @@ def _loader(
         num_workers=options.num_workers,
         # BatchNorm cannot train on a last batch of one sample.
         drop_last=train and n > batch_size,
-        pin_memory=False,
+        pin_memory=options.device != "cpu" and torch.cuda.is_available(),
+        worker_init_fn=_one_thread if options.num_workers else None,
     )
+
+
+def _one_thread(_worker_id: int) -> None:
+    """Loader workers run one torch thread each (the rule's threads are shared out)."""
+    torch.set_num_threads(1)
 
 
 def evaluate(
@@ -540,7 +548,8 @@ def evaluate(
     logits_all, labels_all = [], []
     with torch.inference_mode():
         for x, y, meta in loader:
-            logits_all.append(_forward(model, x.to(device), meta.to(device)).float().cpu())
+            x, y_dev, meta = _to_device(x, y, meta, device)
+            logits_all.append(_forward(model, x, meta).float().cpu())
             labels_all.append(y)
     logits = torch.cat(logits_all)
     labels = torch.cat(labels_all)
@@ -625,15 +634,19 @@ def _train_one_epoch(
     options: TrainOptions,
     device: torch.device,
     generator: torch.Generator,
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     model.train()
-    use_amp = options.amp and device.type == "cuda"
+    amp_dtype = _amp_dtype(options, device)
+    use_amp = amp_dtype is not None
     total, count = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
     n_batches = len(loader)
     for i, (x, y, meta) in enumerate(loader):
-        x, y, meta = x.to(device), y.to(device), meta.to(device)
-        with torch.autocast(device.type, enabled=use_amp):
+        x, y, meta = _to_device(x, y, meta, device)
+        if device_transform is not None:
+            x = augment_on_device(x, device_transform)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             if options.mixup_alpha > 0:
                 x, y_a, y_b, lam = mixup_batch(x, y, options.mixup_alpha, generator)
                 z = _forward(model, x, meta)
@@ -649,6 +662,41 @@ def _train_one_epoch(
         total += float(loss.detach()) * len(y)
         count += len(y)
     return total / max(count, 1)
+
+
+def _to_device(
+    x: torch.Tensor, y: torch.Tensor, meta: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch to ``device``: asynchronous copies from pinned memory and channels_last on CUDA."""
+    if device.type != "cuda":
+        return x.to(device), y.to(device), meta.to(device)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True), meta.to(device, non_blocking=True)
+
+
+def augment_on_device(
+    x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Apply a per-image ``transform`` (``torchvision.transforms.v2`` on tensors) to a uint8
+    batch already on its device: each image gets its own random draw, as in a loader worker,
+    but the pixel work runs on the GPU and the CPU only launches it."""
+    out = torch.stack([transform(image) for image in x])
+    return out.contiguous(memory_format=torch.channels_last) if x.is_cuda else out
+
+
+class RawImages(Dataset):
+    """An :class:`ArrayDataset` seen without its transform: ``(uint8 image, label, metadata)``,
+    for augmentation on the device (the loader then only collates uint8 tensors)."""
+
+    def __init__(self, dataset: ArrayDataset) -> None:
+        self.dataset = dataset
+        self.labels = dataset.labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        return self.dataset.images[i], int(self.labels[i]), self.dataset.metadata[i]
 
 
 def _data_fingerprint(*datasets: Dataset) -> str:
@@ -722,16 +770,38 @@ def _factory_fingerprint(model_factory: ModelFactory | None) -> str:
     return str(own()) if callable(own) else getattr(model_factory, "__qualname__", "factory")
 
 
+def _amp_dtype(options: TrainOptions, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 where the GPU supports it, else fp16 (with a GradScaler); None off
+    CUDA or without ``amp``."""
+    if not options.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _execution(device: torch.device, options: dict[str, Any]) -> dict[str, Any]:
+    """What changes results without being a training option: device type, AMP, loader workers.
+
+    Stored beside the fingerprint in ``last.pt``, not in it, so that a checkpoint written on the
+    CPU resumes on a GPU and back (with a warning that the rest is not bit-identical).
+    """
+    amp = bool(options.get("amp")) and device.type == "cuda"
+    return {"device": device.type, "amp": amp, "num_workers": options.get("num_workers", 0)}
+
+
 def _setup(
     options: TrainOptions, fingerprint: str, model_factory: ModelFactory | None = None
 ) -> _Run:
     """Threads, determinism, device; then model, optimiser, schedule, scaler and loss."""
     if options.threads:
-        torch.set_num_threads(options.threads)
+        # The rule's threads cover torch and the loader workers (each worker runs 1 thread).
+        torch.set_num_threads(max(1, options.threads - options.num_workers))
     if options.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
     device = choose_device(options.device)
+    logger.info("torch threads %d, loader workers %d", torch.get_num_threads(), options.num_workers)
     logger.info(
         "Creating model %s (pretrained=%s) on %s", options.backbone, options.pretrained, device
     )
@@ -740,12 +810,17 @@ def _setup(
     else:
         torch.manual_seed(options.seed)
         model = model_factory(options).to(device)
+    if device.type == "cuda":
+        # Faster convolutions on tensor cores; CPU runs keep the default layout (same numbers).
+        model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, options)
     return _Run(
         model=model,
         optimizer=optimizer,
         scheduler=_make_scheduler(optimizer, options),
-        scaler=torch.amp.GradScaler(device.type, enabled=options.amp and device.type == "cuda"),
+        scaler=torch.amp.GradScaler(
+            device.type, enabled=_amp_dtype(options, device) is torch.float16
+        ),
         loss_fn=make_loss(options),
         device=device,
         fingerprint=fingerprint,
@@ -759,14 +834,26 @@ def _resume(run: _Run, last_path: Path) -> tuple[int, bool]:
     """
     if not last_path.exists():
         return 0, False
-    ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
     if ckpt.get("fingerprint") != run.fingerprint:
         logger.warning("Ignoring %s: written with other options or data", last_path)
         return 0, False
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
+    # A CPU (or bf16) run saves a disabled GradScaler's empty state; an fp16 CUDA run keeps
+    # its fresh scaler then (loading {} raises), and a disabled scaler ignores any state.
+    if ckpt["scaler"] and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler"])
+    written_on = ckpt.get("execution")
+    if written_on is not None and written_on != _execution(run.device, ckpt.get("options", {})):
+        logger.warning(
+            "Resuming %s written with %s on %s: the remaining epochs are not bit-identical to "
+            "an uninterrupted run",
+            last_path,
+            written_on,
+            _execution(run.device, ckpt.get("options", {})),
+        )
     run.history = ckpt["history"]
     run.best_score, run.best_epoch, run.stale = (
         ckpt["best_score"],
@@ -821,6 +908,7 @@ def _run_epoch(
     options: TrainOptions,
     epoch: int,
     best_path: Path,
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One epoch from its own seed: train, step the schedule, validate; the history row."""
     t0 = time.perf_counter()
@@ -829,7 +917,7 @@ def _run_epoch(
     frozen = epoch <= options.freeze_epochs
     _set_frozen(run.model, frozen)
     loader = _loader(
-        train_dataset,
+        train_dataset if device_transform is None else RawImages(train_dataset),
         options.batch_size,
         options=options,
         seed=seed,
@@ -846,6 +934,7 @@ def _run_epoch(
         options=options,
         device=run.device,
         generator=torch.Generator().manual_seed(seed + 1),
+        device_transform=device_transform,
     )
     run.scheduler.step()
     val_loss, score, improved = _validate(
@@ -890,6 +979,7 @@ def _save_last(run: _Run, options: TrainOptions, epoch: int, finished: bool, pat
             "stale": run.stale,
             "finished": finished,
             "fingerprint": run.fingerprint,
+            "execution": _execution(run.device, options.to_dict()),
             "options": options.to_dict(),
             "seed": options.seed,
         },
@@ -906,6 +996,7 @@ def train_model(
     history_path: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     model_factory: ModelFactory | None = None,
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a classifier, checkpointing every epoch, and return the best one.
 
@@ -929,6 +1020,10 @@ def train_model(
     model_factory : callable, optional
         Builds the model from ``options`` instead of :func:`build_model` (siim2020's metadata
         head and experts, :mod:`melrepro.methods.metadata_models`); see :data:`ModelFactory`.
+    device_transform : callable, optional
+        Training augmentation run on the device, per image of each uint8 batch (for example
+        :func:`melrepro.methods.transforms.train_transform`); the training set's own transform
+        is then skipped and the loader only collates cached uint8 images.
 
     Returns
     -------
@@ -965,7 +1060,9 @@ def train_model(
     epoch = start_epoch
     finished = start_epoch > options.epochs
     while not finished:
-        row = _run_epoch(run, train_dataset, val_dataset, options, epoch, best_path)
+        row = _run_epoch(
+            run, train_dataset, val_dataset, options, epoch, best_path, device_transform
+        )
         patience = options.early_stopping_patience
         finished = epoch >= options.epochs or (patience is not None and run.stale >= patience)
         if finished and epoch < options.epochs:
@@ -982,7 +1079,7 @@ def train_model(
         run.best_score,
     )
 
-    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
     run.model.load_state_dict(best["model"])
     hist = pd.DataFrame(run.history)
     if history_path is not None:
@@ -1019,7 +1116,7 @@ def load_model(
     ``model_factory`` rebuilds a model trained with ``train_model(model_factory=...)``; it is
     called with ``pretrained=False`` options.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     # The weights come from the file: never download ImageNet weights to be overwritten.
     plain = dataclasses.replace(options, pretrained=False)
     model = build_model(plain) if model_factory is None else model_factory(plain)

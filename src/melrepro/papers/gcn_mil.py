@@ -467,7 +467,7 @@ def load_bags(
     """
     out = []
     for path in feature_paths:
-        content = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if content.get("format") != FEATURE_FORMAT:
             raise ValueError(
                 f"{path}: feature-file format {content.get('format')!r}, expected "
@@ -714,7 +714,7 @@ def train_gcn_mil(
         sort_keys=True,
     )
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         same = (
             state.get("seed") == seed
             and state.get("run") == run
@@ -834,7 +834,7 @@ def train_gcn_mil(
 def _load_model(
     model_path: str | Path, in_channels: int, dev: torch.device
 ) -> tuple[mil.GCNMIL, BagGraphs]:
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
     opts = ModelOptions(**state["model_options"])
     net = mil.GCNMIL(
         in_channels,
