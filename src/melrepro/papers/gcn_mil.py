@@ -1146,7 +1146,11 @@ def _images(
     """Working-resolution image and mask of a few images, reading only their shards."""
     shards = sorted({int(manifest.at[i, "shard"]) for i in ids})
     paths = [p for p in cache_paths if any(f"shard-{s:03d}" in str(p) for s in shards)]
-    cache = _read_cache(paths)
+    cache = {}
+    for path in paths:  # one shard in memory at a time; keep only the images drawn
+        shard = _read_cache([path])
+        cache.update({i: shard[i] for i in ids if i in shard})
+        del shard
     out = {}
     for image_id in ids:
         row = manifest.loc[image_id]
@@ -1239,8 +1243,8 @@ def plot_gcn_mil(
         axes[1].add_patch(Rectangle((xx, yy), k, k, fill=False, edgecolor="blue", linewidth=0.5))
     axes[1].add_patch(Rectangle((x, y), k, k, fill=False, edgecolor="red", linewidth=1.5))
     axes[1].set_title(
-        f"adjacent blocks (Eq. 1, radius {ADJACENCY_TITLES[bag_opts.adjacency_radius]}): "
-        f"{len(neighbours)}",
+        f"{len(neighbours)} adjacent blocks, Eq. 1 radius "
+        f"{ADJACENCY_TITLES[bag_opts.adjacency_radius]}",
         fontsize=9,
     )
     save_figure(fig, figure_paths["fig02"])
