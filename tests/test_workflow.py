@@ -188,10 +188,10 @@ EXPECTED_ARTIFACTS = {
 }
 
 
-#: KNOWN DEFECT (issue 10 stays open): on the embedded default both gradcam_overlap classifiers
-#: (VGG16, ResNet50 from random weights, 2 epochs at 64 px) still predict one class, so the
-#: per-class cells of table04-table06 are empty and 153 of its 177 paper values get a reproduced
-#: value (86 %). Raise this back to 0.9 when they learn.
+#: KNOWN DEFECT (issue 10 stays open): on the embedded default gradcam_overlap's VGG16 (random
+#: weights, no BatchNorm, 2 epochs at 64 px) still predicts one class, so its per-class cells of
+#: table04 and table06 are empty: 159 of the 177 paper values get a reproduced value (90 %; 86 %
+#: before ResNet50 had precise BN). Raise this back to 0.9 when VGG16 learns.
 MIN_REPRODUCED = {"gradcam_overlap": 0.8}
 
 

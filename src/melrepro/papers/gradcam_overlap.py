@@ -643,11 +643,18 @@ def tabulate(
                 for i, row in mw.iterrows():
                     cls = row["Vs."].split("-")[0]
                     u = paper_u.loc[paper_u["row"] == f"{labels[key]} / {row['Vs.']}", "value"]
-                    n = paper_n[paper_n["artifact"] == group_id].set_index("row")["value"]
+                    # paper values are read as printed (strings): compare as numbers
+                    n = pd.to_numeric(
+                        paper_n[paper_n["artifact"] == group_id].set_index("row")["value"],
+                        errors="coerce",
+                    )
                     n1, n2 = n.get(f"{cls}-correct"), n.get(f"{cls}-wrong")
                     mw.loc[i, "paper U"] = float(u.iloc[0]) if len(u) else np.nan
                     mw.loc[i, "paper U exceeds paper n1 n2"] = bool(
-                        len(u) and n1 is not None and float(u.iloc[0]) > n1 * n2
+                        len(u)
+                        and n1 is not None
+                        and n2 is not None
+                        and float(u.iloc[0]) > float(n1) * float(n2)
                     )
             mw_rows.append(mw)
         out[f"table06{subset_name}"] = pd.concat(mw_rows, ignore_index=True).set_index(
