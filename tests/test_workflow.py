@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -216,6 +217,11 @@ def test_full_default_run_builds_every_artifact(tmp_path):
     table01 = pd.read_csv(workdir / "results/siim2020/tables/table01.csv").set_index("Model")
     assert table01.loc["Base All", "Validation ROC-AUC"] > 0.7
     assert submission["target"].nunique() > 1
+    # gradcam_overlap's ResNet50 is not degenerate (precise BN); VGG16 is the known defect above
+    resnet50 = json.loads(
+        (workdir / "results/gradcam_overlap/models/resnet50/metrics.json").read_text()
+    )
+    assert resnet50["n_predicted_classes"] > 1
     snakemake("--report", "results/report.html", cwd=workdir)
     assert (workdir / "results/report.html").stat().st_size > 100_000
     again = snakemake("--cores", "2", cwd=workdir)
