@@ -52,7 +52,9 @@ if GRADCAM:
             split=GRADCAM_SPLIT,
             cache=gradcam_cache,
             # ImageNet weights for offline nodes (weights.smk); empty unless pretrained.
-            weights=lambda wc: torchvision_weights(GRADCAM["models"][wc.model]["backbone"]),
+            weights=lambda wc: torchvision_weights(
+                GRADCAM["models"][wc.model]["backbone"]
+            ),
         output:
             model=f"{GRADCAM_DIR}/models/{{model}}/model.pt",
             history=f"{GRADCAM_DIR}/models/{{model}}/history.csv",
