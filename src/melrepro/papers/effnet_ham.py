@@ -34,13 +34,20 @@ import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from melrepro.methods import metrics, saliency, training, transforms
+from melrepro.methods import metrics
+
+if TYPE_CHECKING:
+    import torch
+
+    from melrepro.methods import training
+
+# torch, torchvision and pytorch-grad-cam are imported inside the functions that train or explain,
+# so that the table and figure jobs start without them (~5 s each).
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -112,6 +119,8 @@ def split_options(
     preprocessing : dict with ``image_size``, ``colour_constancy``, ``sog_power``, ``augment``
     options : TrainOptions
     """
+    from melrepro.methods import training
+
     merged = {**recipe, **(overrides or {})}
     pre = {k: merged.pop(k) for k in PREPROCESSING_KEYS if k in merged}
     pre.setdefault("image_size", 224)
@@ -183,6 +192,7 @@ def load_task3(
         unknown class is listed as malignant.
     """
     from melrepro.data.imagecache import read_cache
+    from melrepro.methods import transforms
 
     manifest = pd.read_parquet(manifest_path)
     split = pd.read_parquet(split_path)[["image_id", "split"]]
@@ -215,6 +225,8 @@ def load_task3(
 def _dataset(
     frame: pd.DataFrame, images: dict[str, np.ndarray], split: str, transform: Any
 ) -> tuple[pd.DataFrame, training.ArrayDataset]:
+    from melrepro.methods import training
+
     rows = frame[frame["split"] == split].reset_index(drop=True)
     stack = [images[i] for i in rows["image_id"]]
     return rows, training.ArrayDataset(stack, rows["target"].to_numpy(), transform)
@@ -272,6 +284,10 @@ def train_variant(
     dict
         The content of ``metrics_path``.
     """
+    import torch
+
+    from melrepro.methods import training, transforms
+
     pre, options = split_options(
         recipe,
         overrides,
@@ -564,6 +580,8 @@ def _square_mask(data: Any, size: int) -> np.ndarray:
 
     from PIL import Image
 
+    from melrepro.methods import transforms
+
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     with Image.open(source) as m:
         arr = (np.asarray(m.convert("L")) > 127).astype(np.uint8)
@@ -590,6 +608,8 @@ def mean_pairwise_correlation(maps: np.ndarray, *, max_maps: int = 200, seed: in
 
 def _target_layer(model: training.CNNClassifier, name: str | None) -> torch.nn.Module:
     """``name`` is a submodule path inside the backbone (``features.3``); None: the last block."""
+    from melrepro.methods import training
+
     if not name:
         return training.gradcam_target_layer(model)
     try:
@@ -665,7 +685,10 @@ def compute_gradcam(
         Examples per row of fig05 (correct, incorrect) and in fig06.
     threads : int
     """
+    import torch
+
     from melrepro.data.archive_io import ArchiveFolder
+    from melrepro.methods import saliency, training, transforms
 
     if region not in ("auto", "border"):
         raise ValueError(f"region must be 'auto' or 'border', got {region!r}")
