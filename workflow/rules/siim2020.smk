@@ -179,7 +179,7 @@ if SIIM:
         output:
             figure=report(
                 f"{SIIM_DIR}/figures/{{figure}}.png",
-                caption="../report/siim2020_{figure}.rst",
+                caption="../report/siim2020_figures.rst",
                 category="siim2020",
             ),
             pdf=f"{SIIM_DIR}/figures/{{figure}}.pdf",
@@ -210,7 +210,7 @@ if SIIM:
         output:
             figure=report(
                 f"{SIIM_DIR}/figures/{{figure}}.png",
-                caption="../report/siim2020_{figure}.rst",
+                caption="../report/siim2020_figures.rst",
                 category="siim2020",
             ),
             pdf=f"{SIIM_DIR}/figures/{{figure}}.pdf",
@@ -239,7 +239,7 @@ if SIIM:
         output:
             figure=report(
                 f"{SIIM_DIR}/figures/{{figure}}.png",
-                caption="../report/siim2020_{figure}.rst",
+                caption="../report/siim2020_figures.rst",
                 category="siim2020",
             ),
             pdf=f"{SIIM_DIR}/figures/{{figure}}.pdf",
@@ -293,7 +293,7 @@ if SIIM:
         output:
             figure=report(
                 f"{SIIM_DIR}/figures/{{figure}}.png",
-                caption="../report/siim2020_{figure}.rst",
+                caption="../report/siim2020_figures.rst",
                 category="siim2020",
             ),
             pdf=f"{SIIM_DIR}/figures/{{figure}}.pdf",
