@@ -35,6 +35,26 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def _check_batch(images: torch.Tensor) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+
+
+def predicted_classes(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int, binary: bool
+) -> list[int]:
+    """The class each image is predicted as (one logit: logit >= 0), in eval mode, batch by batch."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = torch.cat(
+            [
+                model(images[i : i + batch_size].to(device)).cpu()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+    return (logits.squeeze(-1) >= 0).long().tolist() if binary else logits.argmax(1).tolist()
+
+
 def normalize_map(saliency: np.ndarray) -> np.ndarray:
     """Min-max scale one map to [0, 1]; a constant map becomes all zeros.
 
@@ -85,19 +105,11 @@ def gradcam_maps(
     -------
     (B, H, W) float32 ndarray in [0, 1]
     """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    _check_batch(images)
     model.eval()
     device = next(model.parameters()).device
     if classes is None:
-        with torch.no_grad():
-            out = torch.cat(
-                [
-                    model(images[i : i + batch_size].to(device)).cpu()
-                    for i in range(0, len(images), batch_size)
-                ]
-            )
-        classes = (out.squeeze(-1) >= 0).long().tolist() if binary else out.argmax(1).tolist()
+        classes = predicted_classes(model, images, batch_size=batch_size, binary=binary)
     if len(classes) != len(images):
         raise ValueError(f"{len(classes)} classes for {len(images)} images")
     target_cls = BinaryClassifierOutputTarget if binary else ClassifierOutputTarget
@@ -143,19 +155,11 @@ def gradcam_layer_maps(
     classes : (B,) int, the explained class of each image
     constant : (B,) bool, maps that were constant before normalisation
     """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    _check_batch(images)
     model.eval()
     device = next(model.parameters()).device
     if classes is None:
-        with torch.no_grad():
-            logits = torch.cat(
-                [
-                    model(images[i : i + batch_size].to(device)).cpu()
-                    for i in range(0, len(images), batch_size)
-                ]
-            )
-        classes = logits.argmax(1).tolist()
+        classes = predicted_classes(model, images, batch_size=batch_size, binary=False)
     classes = [int(c) for c in classes]
     if len(classes) != len(images):
         raise ValueError(f"{len(classes)} classes for {len(images)} images")
