@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny synthetic archives of every dataset, written once per test session."""
+"""Shared fixtures: tiny synthetic archives of every dataset, written once per test session; node
+signals of twin lesions for the graph tests."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from melrepro.data.layouts import DATASETS
@@ -71,3 +73,23 @@ def archive_copy(tiny_archives, tmp_path):
         return target
 
     return copy
+
+
+def twin_node_signals(levels: tuple[int, ...] = (20, 60)) -> list[np.ndarray]:
+    """Node-signal matrices of twin lesions (melanoma, nevus, seborrheic keratosis) at ``levels``."""
+    from melrepro.data.synthetic import draw
+    from melrepro.methods.superpixels import node_signals, pixel_maps, superpixel_ensemble
+
+    out = []
+    spec = {"skin_tone_max": 1.0, "brightness_min": 0.8, "brightness_max": 1.1, "vignetting": 0.4,
+            "hair": 0.3, "ruler": 0.0, "max_render_side": 256}  # fmt: skip
+    for k, style in enumerate(("melanoma", "nevus", "seborrheic_keratosis")):
+        rng = np.random.default_rng(100 + k)
+        lesion = draw.sample_lesion(style, rng)
+        img = draw.render(
+            lesion, draw.sample_view(rng), draw.sample_scene(rng, 192, 144, spec)
+        ).image
+        maps = pixel_maps(img)
+        for labels in superpixel_ensemble(img, levels, lab=maps.slic_lab).values():
+            out.extend(node_signals(maps, labels).values())
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import pytest
+from conftest import twin_node_signals
 
 from melrepro.methods.graph_features import (
     GLOBAL_FEATURES,
@@ -179,33 +180,13 @@ def test_graph_features_length_and_order_match_the_paper_counts():
     np.testing.assert_allclose(vec[6 * n : 6 * n + 5], glob)
 
 
-def _twin_node_signals(levels: tuple[int, ...] = (20, 60)) -> list[np.ndarray]:
-    """Node-signal matrices of twin lesions (melanoma, nevus, seborrheic keratosis) at ``levels``."""
-    from melrepro.data.synthetic import draw
-    from melrepro.methods.superpixels import node_signals, pixel_maps, superpixel_ensemble
-
-    out = []
-    spec = {"skin_tone_max": 1.0, "brightness_min": 0.8, "brightness_max": 1.1, "vignetting": 0.4,
-            "hair": 0.3, "ruler": 0.0, "max_render_side": 256}  # fmt: skip
-    for k, style in enumerate(("melanoma", "nevus", "seborrheic_keratosis")):
-        rng = np.random.default_rng(100 + k)
-        lesion = draw.sample_lesion(style, rng)
-        img = draw.render(
-            lesion, draw.sample_view(rng), draw.sample_scene(rng, 192, 144, spec)
-        ).image
-        maps = pixel_maps(img)
-        for labels in superpixel_ensemble(img, levels, lab=maps.slic_lab).values():
-            out.extend(node_signals(maps, labels).values())
-    return out
-
-
 @pytest.fixture(scope="module")
 def learned_twin_graphs() -> list[tuple[np.ndarray, np.ndarray]]:
     """(signals, MM-learned weights) of twin SEG graphs at 20 and 60 nodes."""
     from melrepro.methods.graph_weights import learn_weights_mm, standardize_signals
 
     out = []
-    for x in _twin_node_signals():
+    for x in twin_node_signals():
         xs = standardize_signals(x)
         out.append((xs, learn_weights_mm(xs).weights))
     return out

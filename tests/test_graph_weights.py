@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import twin_node_signals
 from scipy.optimize import minimize
 from scipy.spatial.distance import pdist
 
@@ -194,23 +195,3 @@ def test_prune_weakest_removes_exactly_the_weakest_fraction(tau, sparse):
 def twin_signals() -> list[np.ndarray]:
     """Node signals (geometric, texture, colour) of SEG levels 20 and 60 of three twin lesions."""
     return twin_node_signals()
-
-
-def twin_node_signals(levels: tuple[int, ...] = (20, 60)) -> list[np.ndarray]:
-    """Node-signal matrices of twin lesions (melanoma, nevus, seborrheic keratosis) at ``levels``."""
-    from melrepro.data.synthetic import draw
-    from melrepro.methods.superpixels import node_signals, pixel_maps, superpixel_ensemble
-
-    out = []
-    spec = {"skin_tone_max": 1.0, "brightness_min": 0.8, "brightness_max": 1.1, "vignetting": 0.4,
-            "hair": 0.3, "ruler": 0.0, "max_render_side": 256}  # fmt: skip
-    for k, style in enumerate(("melanoma", "nevus", "seborrheic_keratosis")):
-        rng = np.random.default_rng(100 + k)
-        lesion = draw.sample_lesion(style, rng)
-        img = draw.render(
-            lesion, draw.sample_view(rng), draw.sample_scene(rng, 192, 144, spec)
-        ).image
-        maps = pixel_maps(img)
-        for labels in superpixel_ensemble(img, levels, lab=maps.slic_lab).values():
-            out.extend(node_signals(maps, labels).values())
-    return out
