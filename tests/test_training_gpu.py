@@ -1,6 +1,6 @@
 """Training-core details that matter on a GPU, tested on the CPU: resume across devices (empty
-GradScaler state), weights-only checkpoints, threads shared with loader workers, augmentation
-on the device."""
+GradScaler state), weights-only checkpoints, threads shared with loader workers, loaders built
+once with persistent workers and a worker-independent order, augmentation on the device."""
 
 import numpy as np
 import pytest
@@ -48,7 +48,7 @@ def test_cpu_checkpoint_resumes_into_an_enabled_grad_scaler(tmp_path, caplog):
     training.train_model(ds, ds, opts, checkpoint_dir=tmp_path)
     ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["scaler"] == {}
-    assert ckpt["execution"] == {"device": "cpu", "amp": False, "num_workers": 0}
+    assert ckpt["execution"] == {"device": "cpu", "amp": False, "augmentation": "main process"}
 
     fingerprint = ckpt["fingerprint"]
     run = training._setup(opts, fingerprint)
@@ -58,7 +58,7 @@ def test_cpu_checkpoint_resumes_into_an_enabled_grad_scaler(tmp_path, caplog):
 
     # Reverse: a GPU-like checkpoint (enabled scaler state, amp on cuda) into a CPU run.
     ckpt["scaler"] = run.scaler.state_dict()
-    ckpt["execution"] = {"device": "cuda", "amp": True, "num_workers": 4}
+    ckpt["execution"] = {"device": "cuda", "amp": True, "augmentation": "per-item seeds"}
     torch.save(ckpt, tmp_path / "last.pt")
     cpu_run = training._setup(opts, fingerprint)
     with caplog.at_level("WARNING", logger="melrepro.methods.training"):
@@ -135,3 +135,128 @@ def test_compiled_model_trains_to_the_same_checkpoint_format(tmp_path):
     assert np.isfinite(result.history["train_loss"]).all()
     model = training.load_model(tmp_path / "best.pt", plain)
     assert isinstance(model, training.CNNClassifier)
+
+
+def _augmented(n: int = 24, size: int = 40):
+    images, labels = _data(n, size=size)
+    return (
+        training.ArrayDataset(images, labels, train_transform(32)),
+        training.ArrayDataset(images[:16, 4:36, 4:36], labels[:16]),
+    )
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def test_loaders_are_built_once_per_training_with_persistent_workers(tmp_path, monkeypatch):
+    """Check a 3-epoch run with a loader worker builds two DataLoaders (training, validation),
+    not one per epoch and per validation, and that both keep their workers alive."""
+    built = []
+
+    class CountingLoader(training.DataLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(training, "DataLoader", CountingLoader)
+    train, val = _augmented()
+    opts = training.TrainOptions.from_dict(
+        {**TINY, "epochs": 3, "num_workers": 1, "bn_recalibration": 1}
+    )
+    training.train_model(train, val, opts, checkpoint_dir=tmp_path)
+    assert len(built) == 2
+    assert all(loader.persistent_workers for loader in built)
+
+
+def test_worker_loading_is_independent_of_the_worker_count_and_resumes_exactly(tmp_path):
+    """Check per-item augmentation seeds: 1 and 2 loader workers train to the same weights, and
+    a run stopped after epoch 1 with 2 workers and resumed with 1 ends with the weights of the
+    straight run (persistent workers would otherwise carry their random state across epochs)."""
+    train, val = _augmented()
+    opts = {**TINY, "epochs": 3, "bn_recalibration": 1}
+    runs = {}
+    for workers in (1, 2):
+        o = training.TrainOptions.from_dict({**opts, "num_workers": workers})
+        runs[workers] = training.train_model(train, val, o, checkpoint_dir=tmp_path / str(workers))
+    a, b = _weights(runs[1]), _weights(runs[2])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[1].history["train_loss"].equals(runs[2].history["train_loss"])
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, _row):
+        if epoch == 1:
+            raise Stop
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(Stop):
+        training.train_model(
+            train,
+            val,
+            training.TrainOptions.from_dict({**opts, "num_workers": 2}),
+            checkpoint_dir=stopped,
+            on_epoch_end=stop_after_first,
+        )
+    resumed = training.train_model(
+        train,
+        val,
+        training.TrainOptions.from_dict({**opts, "num_workers": 1}),
+        checkpoint_dir=stopped,
+    )
+    assert resumed.resumed_from_epoch == 1
+    c = _weights(resumed)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_worker_items_are_augmented_from_their_own_seed():
+    """Check SeededItems: the same (seed, index) gives the same augmented image, another seed a
+    different one, and the caller's global random stream is left untouched."""
+    train, _ = _augmented(4)
+    items = training.SeededItems(train)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first, label, _ = items[(7, 2)]
+    assert torch.rand(1) == before  # global stream not consumed
+    again, _, _ = items[(7, 2)]
+    other, _, _ = items[(8, 2)]
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert label == train.labels[2]
+
+
+class _InputBatchNorm(torch.nn.Module):
+    """A 'model' that is one BatchNorm of its input: its running mean is the input's mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x, meta=None):
+        return self.bn(x).mean(dim=(2, 3))
+
+
+def test_precise_bn_sees_the_device_augmented_inputs():
+    """Check recalibration with a uint8 training loader applies the device augmentation first:
+    the statistics are those of the augmented inputs the model trains on (here a constant 5),
+    not of raw pixels / 255."""
+    images = np.full((16, 8, 8, 3), 200, dtype=np.uint8)
+    ds = training.ArrayDataset(images, np.arange(16) % 2)
+    opts = training.TrainOptions.from_dict({**TINY, "batch_size": 4})
+    loader = training.TrainLoader(training.RawImages(ds), 4, options=opts, labels=ds.labels)
+    model = _InputBatchNorm()
+    seen = training.recalibrate_batchnorm(
+        model,
+        ds,
+        options=opts,
+        device=torch.device("cpu"),
+        n_batches=2,
+        loader=loader,
+        device_transform=lambda image: torch.full(image.shape, 5.0),
+    )
+    assert seen == 8
+    torch.testing.assert_close(model.bn.running_mean, torch.full((3,), 5.0))
+    training.recalibrate_batchnorm(model, ds, options=opts, device=torch.device("cpu"), n_batches=2)
+    torch.testing.assert_close(model.bn.running_mean, torch.full((3,), 200 / 255))

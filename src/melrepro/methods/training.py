@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 from torchvision.ops import sigmoid_focal_loss
 
 from melrepro.methods import metrics
@@ -42,6 +42,8 @@ __all__ = [
     "ArrayDataset",
     "CNNClassifier",
     "RawImages",
+    "SeededItems",
+    "TrainLoader",
     "TrainOptions",
     "TrainResult",
     "augment_on_device",
@@ -577,36 +579,117 @@ def _make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def _loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    options: TrainOptions,
-    seed: int,
-    train: bool,
-    labels: np.ndarray | None = None,
-) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    shuffle = False
-    if train:
-        if options.sampler_positive_fraction is not None:
-            sampler = make_sampler(labels, options.sampler_positive_fraction, generator=generator)
-        elif options.sampler_class_balanced:
-            sampler = make_class_sampler(labels, generator=generator)
-        else:
-            shuffle = True
-    n = len(dataset)
+def _index_sampler(
+    dataset: Dataset, labels: np.ndarray | None, options: TrainOptions, generator: torch.Generator
+) -> Sampler:
+    """The training order: a target class mix, K balanced classes, or a plain shuffle."""
+    if options.sampler_positive_fraction is not None:
+        return make_sampler(labels, options.sampler_positive_fraction, generator=generator)
+    if options.sampler_class_balanced:
+        return make_class_sampler(labels, generator=generator)
+    return RandomSampler(dataset, generator=generator)
+
+
+class SeededItems(Dataset):
+    """``dataset`` indexed by ``(item_seed, index)``: the item's random augmentation is drawn
+    from its own seed, so a batch comes out the same whichever worker loads it and however
+    many epochs that worker has lived (persistent workers)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, torch.Tensor]:
+        item_seed, index = key
+        # fork_rng: a main-process caller's global stream is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            return self.dataset[index]
+
+
+class _ItemSeeds(Sampler):
+    """Tags every index of ``sampler`` with the seed of its position in the epoch."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.epoch_seed = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for position, index in enumerate(self.sampler):
+            yield (self.epoch_seed * 1_000_003 + position) % 2**63, int(index)
+
+
+class TrainLoader:
+    """The training loader of a whole run, built once; ``loader.epoch(seed)`` iterates one epoch.
+
+    In the main process (``num_workers=0``) the loader's one generator is re-seeded before every
+    epoch, which draws exactly what a loader built per epoch from that seed drew before (the
+    default runs did not move). With workers, the workers live for the whole run
+    (``persistent_workers``), the sampler draws from its own generator, re-seeded per epoch, and
+    every item is augmented from its own seed (:class:`SeededItems`): the result does not depend
+    on the number of workers, and a resumed run replays an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        options: TrainOptions,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        self.generator = torch.Generator()
+        workers = options.num_workers
+        sampler = _index_sampler(dataset, labels, options, self.generator)
+        self.item_seeds: _ItemSeeds | None = None
+        if workers and getattr(dataset, "transform", None) is not None:
+            self.item_seeds = _ItemSeeds(sampler)
+            sampler, dataset = self.item_seeds, SeededItems(dataset)
+        n = len(dataset)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            # Workers' base seeds come from the loader's generator: keep them off the sampler's
+            # stream, which a persistent loader does not redraw every epoch.
+            generator=torch.Generator() if workers else self.generator,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            # BatchNorm cannot train on a last batch of one sample.
+            drop_last=n > batch_size,
+            pin_memory=_pin_memory(options),
+            worker_init_fn=_one_thread if workers else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, seed: int):
+        """An iterator over one epoch drawn from ``seed``."""
+        self.generator.manual_seed(seed)
+        if self.item_seeds is not None:
+            self.item_seeds.epoch_seed = seed
+        return iter(self.loader)
+
+
+def _pin_memory(options: TrainOptions) -> bool:
+    return options.device != "cpu" and torch.cuda.is_available()
+
+
+def _eval_loader(dataset: Dataset, batch_size: int, options: TrainOptions) -> DataLoader:
+    """In order, every image; workers persist when the loader is reused (validation)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
-        generator=generator,
+        shuffle=False,
         num_workers=options.num_workers,
-        # BatchNorm cannot train on a last batch of one sample.
-        drop_last=train and n > batch_size,
-        pin_memory=options.device != "cpu" and torch.cuda.is_available(),
+        persistent_workers=options.num_workers > 0,
+        pin_memory=_pin_memory(options),
         worker_init_fn=_one_thread if options.num_workers else None,
     )
 
@@ -623,8 +706,12 @@ def evaluate(
     options: TrainOptions,
     device: torch.device,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loader: DataLoader | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Run the model over a dataset in eval mode.
+
+    ``loader`` is a loader of ``dataset`` built once and reused (validation every epoch);
+    by default one is built for this call.
 
     Returns
     -------
@@ -634,7 +721,8 @@ def evaluate(
     labels : (N,) int ndarray
     """
     model.eval()
-    loader = _loader(dataset, options.eval_batch_size, options=options, seed=0, train=False)
+    if loader is None:
+        loader = _eval_loader(dataset, options.eval_batch_size, options)
     logits_all, labels_all = [], []
     with torch.inference_mode():
         for x, y, meta in loader:
@@ -658,6 +746,8 @@ def recalibrate_batchnorm(
     device: torch.device,
     n_batches: int,
     seed: int = 0,
+    loader: TrainLoader | None = None,
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> int:
     """Recompute every BatchNorm layer's running mean and variance for the current weights.
 
@@ -665,6 +755,10 @@ def recalibrate_batchnorm(
     ``n_batches`` training batches (the training loader: sampler and augmentation), with the
     rest of the network in eval mode (no dropout or stochastic depth), as in "precise BN"
     (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"). Parameters are not touched.
+
+    ``loader`` is the run's training loader (reused; by default one is built over ``dataset``),
+    and ``device_transform`` the augmentation run on the device when that loader yields
+    uint8 images (:class:`RawImages`), so the statistics are those of the training inputs.
 
     Returns
     -------
@@ -681,20 +775,17 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    loader = _loader(
-        dataset,
-        options.batch_size,
-        options=options,
-        seed=seed,
-        train=True,
-        labels=dataset.labels,
-    )
+    if loader is None:
+        loader = TrainLoader(dataset, options.batch_size, options=options, labels=dataset.labels)
     seen = 0
     with torch.no_grad():
-        for i, (x, _, meta) in enumerate(loader):
+        for i, (x, y, meta) in enumerate(loader.epoch(seed)):
             if i >= n_batches:
                 break
-            _forward(model, x.to(device), meta.to(device))
+            x, _, meta = _to_device(x, y, meta, device)
+            if device_transform is not None:
+                x = augment_on_device(x, device_transform)
+            _forward(model, x, meta)
             seen += len(x)
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
@@ -719,7 +810,7 @@ def _val_score(monitor: str, loss: float, probs: np.ndarray, labels: np.ndarray)
 
 def _train_one_epoch(
     model: CNNClassifier,
-    loader: DataLoader,
+    loader: Iterator,
     *,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -734,7 +825,7 @@ def _train_one_epoch(
     use_amp = amp_dtype is not None
     total, count = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    n_batches = len(loader)
+    n_batches = len(loader)  # a DataLoader iterator knows its length
     for i, (x, y, meta) in enumerate(loader):
         x, y, meta = _to_device(x, y, meta, device)
         if device_transform is not None:
@@ -883,13 +974,16 @@ def _amp_dtype(options: TrainOptions, device: torch.device) -> torch.dtype | Non
 
 
 def _execution(device: torch.device, options: dict[str, Any]) -> dict[str, Any]:
-    """What changes results without being a training option: device type, AMP, loader workers.
+    """What changes results without being a training option: device type, AMP, and whose
+    random stream augments the images (the main process's, or per item with loader workers,
+    whatever their number: see :class:`TrainLoader`).
 
     Stored beside the fingerprint in ``last.pt``, not in it, so that a checkpoint written on the
     CPU resumes on a GPU and back (with a warning that the rest is not bit-identical).
     """
     amp = bool(options.get("amp")) and device.type == "cuda"
-    return {"device": device.type, "amp": amp, "num_workers": options.get("num_workers", 0)}
+    stream = "per-item seeds" if options.get("num_workers", 0) else "main process"
+    return {"device": device.type, "amp": amp, "augmentation": stream}
 
 
 def _setup(
@@ -970,26 +1064,56 @@ def _resume(run: _Run, last_path: Path) -> tuple[int, bool]:
     return ckpt["epoch"], bool(ckpt.get("finished"))
 
 
+@dataclass
+class _Loaders:
+    """The loaders of one run, built once (workers persist across epochs)."""
+
+    train_dataset: Dataset
+    val_dataset: Dataset
+    train: TrainLoader
+    val: DataLoader
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        train_dataset: ArrayDataset,
+        val_dataset: Dataset,
+        options: TrainOptions,
+        device_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> _Loaders:
+        train = TrainLoader(
+            train_dataset if device_transform is None else RawImages(train_dataset),
+            options.batch_size,
+            options=options,
+            labels=train_dataset.labels,
+        )
+        val = _eval_loader(val_dataset, options.eval_batch_size, options)
+        return cls(train_dataset, val_dataset, train, val, device_transform)
+
+
 def _validate(
-    run: _Run,
-    val_dataset: Dataset,
-    options: TrainOptions,
-    epoch: int,
-    best_path: Path,
-    train_dataset: Dataset | None = None,
+    run: _Run, loaders: _Loaders, options: TrainOptions, epoch: int, best_path: Path
 ) -> tuple[float, float, bool]:
     """Validation loss and monitored score; saves ``best_path`` when the score improves."""
-    if options.bn_recalibration and isinstance(train_dataset, ArrayDataset):
+    if options.bn_recalibration and isinstance(loaders.train_dataset, ArrayDataset):
         recalibrate_batchnorm(
             run.model,
-            train_dataset,
+            loaders.train_dataset,
             options=options,
             device=run.device,
             n_batches=options.bn_recalibration,
             seed=_epoch_seed(options.seed, epoch) + 2,
+            loader=loaders.train,
+            device_transform=loaders.device_transform,
         )
     val_loss, probs, labels = evaluate(
-        run.model, val_dataset, options=options, device=run.device, loss_fn=run.loss_fn
+        run.model,
+        loaders.val_dataset,
+        options=options,
+        device=run.device,
+        loss_fn=run.loss_fn,
+        loader=loaders.val,
     )
     score = (
         float(epoch)
@@ -1008,13 +1132,7 @@ def _validate(
 
 
 def _run_epoch(
-    run: _Run,
-    train_dataset: ArrayDataset,
-    val_dataset: Dataset,
-    options: TrainOptions,
-    epoch: int,
-    best_path: Path,
-    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    run: _Run, loaders: _Loaders, options: TrainOptions, epoch: int, best_path: Path
 ) -> dict[str, float]:
     """One epoch from its own seed: train, step the schedule, validate; the history row."""
     t0 = time.perf_counter()
@@ -1022,30 +1140,20 @@ def _run_epoch(
     _seed_everything(seed)
     frozen = epoch <= options.freeze_epochs
     _set_frozen(run.model, frozen)
-    loader = _loader(
-        train_dataset if device_transform is None else RawImages(train_dataset),
-        options.batch_size,
-        options=options,
-        seed=seed,
-        train=True,
-        labels=train_dataset.labels,
-    )
     lr = run.optimizer.param_groups[0]["lr"]
     train_loss = _train_one_epoch(
         run.model,
-        loader,
+        loaders.train.epoch(seed),
         optimizer=run.optimizer,
         scaler=run.scaler,
         loss_fn=run.loss_fn,
         options=options,
         device=run.device,
         generator=torch.Generator().manual_seed(seed + 1),
-        device_transform=device_transform,
+        device_transform=loaders.device_transform,
     )
     run.scheduler.step()
-    val_loss, score, improved = _validate(
-        run, val_dataset, options, epoch, best_path, train_dataset=train_dataset
-    )
+    val_loss, score, improved = _validate(run, loaders, options, epoch, best_path)
     row = {
         "epoch": epoch,
         "train_loss": train_loss,
@@ -1138,9 +1246,12 @@ def train_model(
 
     Notes
     -----
-    Every epoch re-seeds Python, NumPy and torch from ``(seed, epoch)`` and builds its loader
-    with a generator seeded the same way, so resuming from epoch ``k`` replays exactly what an
-    uninterrupted run does from epoch ``k + 1`` (on CPU with ``deterministic=True``).
+    Every epoch re-seeds Python, NumPy and torch from ``(seed, epoch)`` and draws its order
+    from a generator seeded the same way, so resuming from epoch ``k`` replays exactly what an
+    uninterrupted run does from epoch ``k + 1`` (on CPU with ``deterministic=True``). The
+    training and validation loaders are built once per run; loader workers persist across
+    epochs and augment every item from its own seed (:class:`TrainLoader`), so the result is
+    the same with any number of workers (but differs from main-process loading).
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -1165,10 +1276,11 @@ def train_model(
     t_start = time.perf_counter()
     epoch = start_epoch
     finished = start_epoch > options.epochs
+    loaders = (
+        None if finished else _Loaders.build(train_dataset, val_dataset, options, device_transform)
+    )
     while not finished:
-        row = _run_epoch(
-            run, train_dataset, val_dataset, options, epoch, best_path, device_transform
-        )
+        row = _run_epoch(run, loaders, options, epoch, best_path)
         patience = options.early_stopping_patience
         finished = epoch >= options.epochs or (patience is not None and run.stale >= patience)
         if finished and epoch < options.epochs:
