@@ -24,4 +24,5 @@ train_variant(
     threads=snakemake.threads,
     num_workers=snakemake.params.loader_workers,
     n_bootstrap=snakemake.params.n_bootstrap,
+    augment_on=snakemake.params.augment_on,
 )

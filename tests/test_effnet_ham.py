@@ -305,3 +305,49 @@ def test_default_run_learns_on_the_synthetic_twin(tmp_path):
     assert set(table["Protocol"]) == {p[0] for p in effnet_ham.PROTOCOLS}
     for target in targets:
         assert (tmp_path / target).exists()
+
+
+@pytest.mark.parametrize("augment_on", ["auto", "device"])
+def test_augmentation_runs_where_the_config_says(task3, tmp_path, monkeypatch, augment_on):
+    """Check ``augment_on``: auto on the CPU augments in the loader (the default run's path),
+    device hands uint8 batches to the per-image augmentation on the device; metrics.json says
+    which ran."""
+    import torch
+
+    from melrepro.methods import training
+
+    calls = []
+    original = training.augment_on_device
+
+    def counting(x, transform):
+        calls.append(x.dtype)
+        return original(x, transform)
+
+    monkeypatch.setattr(training, "augment_on_device", counting)
+    root, shards = task3
+    out = tmp_path / "out"
+    info = effnet_ham.train_variant(
+        root / "manifest.parquet",
+        root / "split.parquet",
+        shards,
+        variant="baseline2",
+        recipe=RECIPE,
+        overrides={"epochs": 1},
+        malignant_labels=["MEL", "BCC", "AKIEC"],
+        checkpoint_dir=tmp_path / "ckpt",
+        model_path=out / "model.pt",
+        history_path=out / "history.csv",
+        predictions_path=out / "predictions.parquet",
+        metrics_path=out / "metrics.json",
+        run_info=RUN_INFO,
+        threads=1,
+        augment_on=augment_on,
+    )
+    expected = "loader" if augment_on == "auto" else "device"
+    assert json.loads((out / "metrics.json").read_text())["augmentation"] == expected
+    if expected == "device":
+        assert calls
+        assert set(calls) == {torch.uint8}
+    else:
+        assert not calls
+    assert info["probability_sd"]["test"] > 0

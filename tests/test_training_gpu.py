@@ -260,3 +260,14 @@ def test_precise_bn_sees_the_device_augmented_inputs():
     torch.testing.assert_close(model.bn.running_mean, torch.full((3,), 5.0))
     training.recalibrate_batchnorm(model, ds, options=opts, device=torch.device("cpu"), n_batches=2)
     torch.testing.assert_close(model.bn.running_mean, torch.full((3,), 200 / 255))
+
+
+def test_augments_on_device_follows_the_setting():
+    """Check augment_on: auto follows the device (the CPU here: in the loader), loader and
+    device are taken as said, anything else is refused with the valid names."""
+    assert training.augments_on_device("auto", "cpu") is False
+    assert training.augments_on_device("auto", "auto") is torch.cuda.is_available()
+    assert training.augments_on_device("device", "cpu") is True
+    assert training.augments_on_device("loader", "auto") is False
+    with pytest.raises(ValueError, match="'auto', 'loader', 'device'"):
+        training.augments_on_device("gpu", "cpu")

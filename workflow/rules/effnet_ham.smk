@@ -64,6 +64,7 @@ if EFFNET_HAM:
             # Not an output: Snakemake must not delete checkpoints when a job is killed.
             checkpoint_dir=lambda wc: f"{EFFNET_HAM_DIR}/checkpoints/{wc.variant}",
             loader_workers=EFFNET_HAM["loader_workers"],
+            augment_on=EFFNET_HAM["augment_on"],
             n_bootstrap=EFFNET_HAM["n_bootstrap"],
             run_info=run_info_params(),
         script:

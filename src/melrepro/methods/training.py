@@ -47,6 +47,7 @@ __all__ = [
     "TrainOptions",
     "TrainResult",
     "augment_on_device",
+    "augments_on_device",
     "build_model",
     "evaluate",
     "gradcam_target_layer",
@@ -877,6 +878,20 @@ def augment_on_device(
     but the pixel work runs on the GPU and the CPU only launches it."""
     out = torch.stack([transform(image) for image in x])
     return out.contiguous(memory_format=torch.channels_last) if x.is_cuda else out
+
+
+def augments_on_device(augment_on: str, device: str) -> bool:
+    """Whether a recipe's per-image augmentation runs on the training device.
+
+    ``augment_on``: ``"loader"`` (CPU, in the loader), ``"device"`` (on the device from uint8
+    batches, :func:`augment_on_device`), or ``"auto"``: on the device when it is a GPU, where the
+    loader's CPU cost per image would otherwise starve it (benchmarks/bench_training.py).
+    """
+    if augment_on not in ("auto", "loader", "device"):
+        raise ValueError(f"augment_on={augment_on!r} is not one of ['auto', 'loader', 'device']")
+    if augment_on == "auto":
+        return choose_device(device).type == "cuda"
+    return augment_on == "device"
 
 
 class RawImages(Dataset):

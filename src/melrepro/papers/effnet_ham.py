@@ -250,6 +250,7 @@ def train_variant(
     threads: int = 1,
     num_workers: int = 0,
     n_bootstrap: int = 1000,
+    augment_on: str = "auto",
 ) -> dict[str, Any]:
     """Train one variant and evaluate it on test under both of the paper's protocols.
 
@@ -278,6 +279,10 @@ def train_variant(
         Torch threads and DataLoader workers.
     n_bootstrap : int
         Bootstrap resamples of the test set for the 95 % intervals.
+    augment_on : str
+        Where the training augmentation runs: ``"loader"``, ``"device"`` (uint8 batches
+        augmented on the device) or ``"auto"`` (on a GPU, the device); see
+        :func:`melrepro.methods.training.augments_on_device`.
 
     Returns
     -------
@@ -311,12 +316,26 @@ def train_variant(
         if pre["augment"]
         else transforms.eval_transform()
     )
-    _, train_ds = _dataset(frame, images, "train", train_tf)
+    on_device = pre["augment"] and training.augments_on_device(augment_on, options.device)
+    # On the device the loader only collates cached uint8 images; the pixel work runs there.
+    _, train_ds = _dataset(frame, images, "train", None if on_device else train_tf)
     val_rows, val_ds = _dataset(frame, images, "val", transforms.eval_transform())
     test_rows, test_ds = _dataset(frame, images, "test", transforms.eval_transform())
-    logger.info("Variant %s: %s; preprocessing %s", variant, options, pre)
+    augmentation = "device" if on_device else "loader"
+    logger.info(
+        "Variant %s: %s; preprocessing %s; augmentation in the %s",
+        variant,
+        options,
+        pre,
+        augmentation,
+    )
     result = training.train_model(
-        train_ds, val_ds, options, checkpoint_dir=checkpoint_dir, history_path=history_path
+        train_ds,
+        val_ds,
+        options,
+        checkpoint_dir=checkpoint_dir,
+        history_path=history_path,
+        device_transform=train_tf if on_device else None,
     )
     device = torch.device(result.device)
     val_prob = training.predict(result.model, val_ds, options=options, device=device)
@@ -374,6 +393,7 @@ def train_variant(
         "n_images": frame.groupby("split").size().to_dict(),
         "n_malignant": frame.groupby("split")["target"].sum().astype(int).to_dict(),
         "device": result.device,
+        "augmentation": augmentation,
         "weights": result.weights,
         "options": options.to_dict(),
         "preprocessing": pre,
