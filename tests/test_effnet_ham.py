@@ -124,18 +124,16 @@ def test_load_task3_labels_and_no_lesion_in_two_splits(task3):
         )
 
 
-def test_tiny_end_to_end(task3, tmp_path):
-    """Check training, table01, fig01-03, Grad-CAM and fig05/06 run and agree with each other."""
+def _train_baseline2(task3, tmp_path, out, **kwargs):
+    """train_variant of Baseline 2 on the tiny task-3 fixture, outputs in ``out``."""
     root, shards = task3
-    out = tmp_path / "models" / "baseline2"
-    out.mkdir(parents=True)
-    common = dict(recipe=RECIPE, malignant_labels=["MEL", "BCC", "AKIEC"])
-    info = effnet_ham.train_variant(
+    return effnet_ham.train_variant(
         root / "manifest.parquet",
         root / "split.parquet",
         shards,
         variant="baseline2",
-        overrides={"mixup_alpha": 0.2},
+        recipe=RECIPE,
+        malignant_labels=["MEL", "BCC", "AKIEC"],
         checkpoint_dir=tmp_path / "ckpt",
         model_path=out / "model.pt",
         history_path=out / "history.csv",
@@ -143,8 +141,17 @@ def test_tiny_end_to_end(task3, tmp_path):
         metrics_path=out / "metrics.json",
         run_info=RUN_INFO,
         threads=1,
-        **common,
+        **kwargs,
     )
+
+
+def test_tiny_end_to_end(task3, tmp_path):
+    """Check training, table01, fig01-03, Grad-CAM and fig05/06 run and agree with each other."""
+    root, shards = task3
+    out = tmp_path / "models" / "baseline2"
+    out.mkdir(parents=True)
+    common = dict(recipe=RECIPE, malignant_labels=["MEL", "BCC", "AKIEC"])
+    info = _train_baseline2(task3, tmp_path, out, overrides={"mixup_alpha": 0.2})
     assert info["epochs_run"] == 2
     assert info["weights"] == "random_init"
     assert json.loads((out / "run_info.json").read_text())["device"] == "cpu"
@@ -324,25 +331,8 @@ def test_augmentation_runs_where_the_config_says(task3, tmp_path, monkeypatch, a
         return original(x, transform)
 
     monkeypatch.setattr(training, "augment_on_device", counting)
-    root, shards = task3
     out = tmp_path / "out"
-    info = effnet_ham.train_variant(
-        root / "manifest.parquet",
-        root / "split.parquet",
-        shards,
-        variant="baseline2",
-        recipe=RECIPE,
-        overrides={"epochs": 1},
-        malignant_labels=["MEL", "BCC", "AKIEC"],
-        checkpoint_dir=tmp_path / "ckpt",
-        model_path=out / "model.pt",
-        history_path=out / "history.csv",
-        predictions_path=out / "predictions.parquet",
-        metrics_path=out / "metrics.json",
-        run_info=RUN_INFO,
-        threads=1,
-        augment_on=augment_on,
-    )
+    info = _train_baseline2(task3, tmp_path, out, overrides={"epochs": 1}, augment_on=augment_on)
     expected = "loader" if augment_on == "auto" else "device"
     assert json.loads((out / "metrics.json").read_text())["augmentation"] == expected
     if expected == "device":
