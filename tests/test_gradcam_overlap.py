@@ -189,32 +189,112 @@ def test_val_accuracy_monitor():
     assert training._val_score("val_accuracy", 0.0, probs, np.array([0, 1, 1, 1])) == 0.75
 
 
+def _classifier(backbone: str, size: int, hidden: int = 4) -> nn.Module:
+    """The flatten-MLP classifier of a configured backbone name (core or cnn_heads variant)."""
+    from melrepro.methods.cnn_heads import backbone_factory
+
+    family, factory = backbone_factory(backbone)
+    options = training.TrainOptions(
+        backbone=family,
+        n_classes=8,
+        loss="ce",
+        head="flatten_mlp",
+        head_hidden=hidden,
+        image_size=size,
+        sampler_positive_fraction=None,
+    )
+    return training.build_model(options) if factory is None else factory(options)
+
+
 @pytest.mark.parametrize(
     ("backbone", "size", "layer", "grid", "flat"),
     [
         ("vgg16", 450, "block5_conv3", (28, 28), 100_352),
         ("resnet50", 227, "res5c_branch2c", (8, 8), 131_072),
+        # the default's VGG16 (DEVIATION: with batch norm) at the paper size and at the default's
+        ("vgg16_bn", 450, "block5_conv3", (28, 28), 100_352),
+        ("vgg16_bn", 64, "block5_conv3", (4, 4), 2_048),
     ],
 )
 def test_paper_layer_shapes(backbone, size, layer, grid, flat):
     """Check the Grad-CAM layer grids (28x28 / 8x8) and flatten widths (100,352 / 131,072) at paper sizes."""
     from melrepro.methods.cnn_heads import keras_layer, layer_grid
 
-    options = training.TrainOptions(
-        backbone=backbone,
-        n_classes=8,
-        loss="ce",
-        head="flatten_mlp",
-        head_hidden=4,
-        image_size=size,
-        sampler_positive_fraction=None,
-    )
-    model = training.build_model(options)
+    model = _classifier(backbone, size)
+    assert model.backbone_name == backbone
     assert model.n_flatten == flat
     assert model.head[0].in_features == flat
     assert layer_grid(model, layer, size) == grid
     if backbone == "resnet50":
         assert keras_layer(model, layer) is model.backbone.layer4[2].conv3
+
+
+@pytest.mark.parametrize(("backbone", "index", "n_bn"), [("vgg16", 29, 0), ("vgg16_bn", 42, 13)])
+def test_block5_conv3_is_the_relu_after_the_last_convolution(backbone, index, n_bn):
+    """Check block5_conv3 is the ReLU after the 13th convolution (and its batch norm), before the last pool."""
+    from melrepro.methods.cnn_heads import keras_layer
+
+    model = _classifier(backbone, 64)
+    features = list(model.backbone.features)
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
+    layer = keras_layer(model, "block5_conv3")
+    assert layer is features[index]
+    assert isinstance(layer, nn.ReLU)
+    between = features[convs[-1] + 1 : index]
+    assert [type(m) for m in between] == ([nn.BatchNorm2d] if n_bn else [])
+    assert isinstance(features[index + 1], nn.MaxPool2d)
+    assert index + 2 == len(features)
+    # the hooked activation is the trunk up to that ReLU: non-negative, 512 channels, 4x4 at 64 px
+    seen = []
+    layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
+    model.eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)
+        direct = model.backbone.features[: index + 1](x)
+    assert seen[0].shape == (2, 512, 4, 4)
+    assert torch.equal(seen[0], direct)
+    assert (direct >= 0).all()
+
+
+def test_vgg16_bn_factory_round_trips_through_metrics(tmp_path):
+    """Check vgg16_bn trains under options backbone vgg16 and compute_overlap's loader rebuilds it."""
+    import json
+
+    from melrepro.methods.cnn_heads import backbone_factory
+
+    assert backbone_factory("vgg16") == ("vgg16", None)
+    family, factory = backbone_factory("vgg16_bn")
+    assert family == "vgg16"
+    options = training.TrainOptions(
+        backbone=family,
+        n_classes=8,
+        loss="ce",
+        head="flatten_mlp",
+        head_hidden=8,
+        image_size=64,
+        sampler_positive_fraction=None,
+        seed=3,
+    )
+    with pytest.raises(ValueError, match="replaces vgg16"):
+        factory(training.TrainOptions(backbone="resnet50", n_classes=8, loss="ce"))
+    model = factory(options).eval()
+    again = factory(options)  # seeded by options.seed: the same initial weights
+    assert torch.equal(again.backbone.features[40].weight, model.backbone.features[40].weight)
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pt")
+    metrics = {"backbone": "vgg16_bn", "options": options.to_dict()}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    loaded = go.load_classifier(tmp_path / "model.pt", tmp_path / "metrics.json")
+    assert loaded.backbone_name == "vgg16_bn"
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # without the backbone key (older metrics.json) the plain vgg16 cannot take these weights
+    (tmp_path / "metrics.json").write_text(json.dumps({"options": options.to_dict()}))
+    with pytest.raises(RuntimeError, match="state_dict"):
+        go.load_classifier(tmp_path / "model.pt", tmp_path / "metrics.json")
 
 
 class _Oracle(nn.Module):

@@ -188,7 +188,7 @@ def train_classifier(
     """
     import torch
 
-    from melrepro.methods import training
+    from melrepro.methods import cnn_heads, training
 
     settings = dict(settings)
     augment = settings.pop("augment", "dihedral8")
@@ -206,8 +206,10 @@ def train_classifier(
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     train_y = frame.loc[frame["split"] == "train", "y"].to_numpy()
     weights = class_weights(train_y, len(CLASSES)) if weighting == "max_over_f" else None
+    # vgg16_bn is built by a model factory over the core's vgg16 (cnn_heads.BackboneVariant).
+    backbone, factory = cnn_heads.backbone_factory(str(settings["backbone"]))
     options = training.TrainOptions.from_dict(
-        settings,
+        settings | {"backbone": backbone},
         n_classes=len(CLASSES),
         loss="ce",
         class_weights=weights,
@@ -239,6 +241,7 @@ def train_classifier(
         options,
         checkpoint_dir=checkpoint_dir,
         history_path=history_path,
+        model_factory=factory,
     )
     device = torch.device(result.device)
     parts = []
@@ -258,12 +261,15 @@ def train_classifier(
     test = preds[preds["split"] == "test"]
     info = {
         "model": model_key,
+        "backbone": str(settings["backbone"]),
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_score,
         "epochs_run": len(result.history),
         "train_seconds": float(result.history["seconds"].sum()),
         "test_accuracy": float((test["prediction"] == test["label"]).mean()),
         "n_predicted_classes": int(test["prediction"].nunique()),
+        # across test images, averaged over the classes: near 0 for a constant (degenerate) model
+        "test_probability_sd": float(test[[f"p_{c}" for c in CLASSES]].std(ddof=1).mean()),
         "n_images": frame.groupby("split").size().to_dict(),
         "class_weights": weights,
         "augment": augment,
@@ -292,6 +298,16 @@ def load_options(metrics_path: str | Path) -> Any:
 
     options = json.loads(Path(metrics_path).read_text(encoding="utf-8"))["options"]
     return training.TrainOptions.from_dict(options)
+
+
+def load_classifier(model_path: str | Path, metrics_path: str | Path) -> Any:
+    """The trained classifier of ``model_path``, rebuilt as its metrics.json says (backbone)."""
+    from melrepro.methods import cnn_heads, training
+
+    options = load_options(metrics_path)
+    info = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+    _, factory = cnn_heads.backbone_factory(str(info.get("backbone", options.backbone)))
+    return training.load_model(model_path, options, factory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,14 +381,14 @@ def compute_overlap(
     import torch
 
     from melrepro.data.cellcounts import read_cell_counts
-    from melrepro.methods import cnn_heads, saliency, training
+    from melrepro.methods import cnn_heads, saliency
 
     if threads:
         torch.set_num_threads(threads)
     join = pd.read_parquet(join_path)
     rows = join[join["shard"] == shard].reset_index(drop=True)
     options = load_options(metrics_path)
-    model = training.load_model(model_path, options)
+    model = load_classifier(model_path, metrics_path)
     target = cnn_heads.keras_layer(model, layer)
     images = _read_cache_subset(cache_paths, set(rows["isic2019_id"]))
     x = (
