@@ -190,12 +190,9 @@ def test_val_accuracy_monitor():
 
 
 def _classifier(backbone: str, size: int, hidden: int = 4) -> nn.Module:
-    """The flatten-MLP classifier of a configured backbone name (core or cnn_heads variant)."""
-    from melrepro.methods.cnn_heads import backbone_factory
-
-    family, factory = backbone_factory(backbone)
+    """The flatten-MLP classifier of a configured backbone name."""
     options = training.TrainOptions(
-        backbone=family,
+        backbone=backbone,
         n_classes=8,
         loss="ce",
         head="flatten_mlp",
@@ -203,7 +200,7 @@ def _classifier(backbone: str, size: int, hidden: int = 4) -> nn.Module:
         image_size=size,
         sampler_positive_fraction=None,
     )
-    return training.build_model(options) if factory is None else factory(options)
+    return training.build_model(options)
 
 
 @pytest.mark.parametrize(
@@ -257,44 +254,6 @@ def test_block5_conv3_is_the_relu_after_the_last_convolution(backbone, index, n_
     assert seen[0].shape == (2, 512, 4, 4)
     assert torch.equal(seen[0], direct)
     assert (direct >= 0).all()
-
-
-def test_vgg16_bn_factory_round_trips_through_metrics(tmp_path):
-    """Check vgg16_bn trains under options backbone vgg16 and compute_overlap's loader rebuilds it."""
-    import json
-
-    from melrepro.methods.cnn_heads import backbone_factory
-
-    assert backbone_factory("vgg16") == ("vgg16", None)
-    family, factory = backbone_factory("vgg16_bn")
-    assert family == "vgg16"
-    options = training.TrainOptions(
-        backbone=family,
-        n_classes=8,
-        loss="ce",
-        head="flatten_mlp",
-        head_hidden=8,
-        image_size=64,
-        sampler_positive_fraction=None,
-        seed=3,
-    )
-    with pytest.raises(ValueError, match="replaces vgg16"):
-        factory(training.TrainOptions(backbone="resnet50", n_classes=8, loss="ce"))
-    model = factory(options).eval()
-    again = factory(options)  # seeded by options.seed: the same initial weights
-    assert torch.equal(again.backbone.features[40].weight, model.backbone.features[40].weight)
-    torch.save({"model": model.state_dict()}, tmp_path / "model.pt")
-    metrics = {"backbone": "vgg16_bn", "options": options.to_dict()}
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-    loaded = go.load_classifier(tmp_path / "model.pt", tmp_path / "metrics.json")
-    assert loaded.backbone_name == "vgg16_bn"
-    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-    # without the backbone key (older metrics.json) the plain vgg16 cannot take these weights
-    (tmp_path / "metrics.json").write_text(json.dumps({"options": options.to_dict()}))
-    with pytest.raises(RuntimeError, match="state_dict"):
-        go.load_classifier(tmp_path / "model.pt", tmp_path / "metrics.json")
 
 
 class _Oracle(nn.Module):
@@ -549,3 +508,27 @@ def test_end_to_end_oracle_saliency_on_twin(tiny_archives, tmp_path):
     other = dict(zip(ids, ids[1:] + ids[:1], strict=True))
     wrong = go.overlap_tables(_oracle_table(counts, labels, other))["features"].loc["Union"]
     assert wrong["J-mean"] < 0.5 * union["J-mean"]
+
+
+def test_vgg16_bn_checkpoint_reloads_from_its_metrics(tmp_path):
+    """Check a vgg16_bn classifier saved as train_classifier saves it is rebuilt by
+    compute_overlap's path (load_options from metrics.json + load_model), same outputs."""
+    import json
+
+    model = _classifier("vgg16_bn", 64).eval()
+    options = training.TrainOptions(
+        backbone="vgg16_bn",
+        n_classes=8,
+        loss="ce",
+        head="flatten_mlp",
+        head_hidden=4,
+        image_size=64,
+        sampler_positive_fraction=None,
+    )
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pt")
+    (tmp_path / "metrics.json").write_text(json.dumps({"options": options.to_dict()}))
+    loaded = training.load_model(tmp_path / "model.pt", go.load_options(tmp_path / "metrics.json"))
+    assert loaded.backbone_name == "vgg16_bn"
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model(x))

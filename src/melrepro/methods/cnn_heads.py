@@ -6,9 +6,6 @@ pooling, ``Flatten``, ``Dense(2048, relu)``, ``Dropout(0.5)``, ``Dense(2048, rel
 :class:`~melrepro.methods.training.CNNClassifier` into that network; the first layer's width
 follows from the input size (VGG16 at 450 px: 512 x 14 x 14 = 100,352; ResNet50 at 227 px:
 2048 x 8 x 8 = 131,072).
-
-:class:`BackboneVariant` is a model factory for torchvision trunks the training core does not build
-itself (``vgg16_bn``: VGG16's 13 convolutions, each followed by a batch norm), with the same heads.
 """
 
 from __future__ import annotations
@@ -20,21 +17,9 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from melrepro.methods.training import CNNClassifier, ModelFactory, TrainOptions
+    from melrepro.methods.training import CNNClassifier, TrainOptions
 
-__all__ = [
-    "BackboneVariant",
-    "VARIANTS",
-    "backbone_factory",
-    "flatten_size",
-    "keras_layer",
-    "layer_grid",
-    "use_flatten_mlp_head",
-]
-
-#: torchvision trunks built by :class:`BackboneVariant`, each with the core backbone whose
-#: classifier layout it shares (``TrainOptions.backbone`` names that one).
-VARIANTS = {"vgg16_bn": "vgg16"}
+__all__ = ["flatten_size", "keras_layer", "layer_grid", "use_flatten_mlp_head"]
 
 #: Keras layer names of paper 004 and the torchvision module each one is.
 KERAS_LAYERS = {
@@ -115,55 +100,3 @@ def layer_grid(model: CNNClassifier, name: str, image_size: int) -> tuple[int, i
     with torch.no_grad():
         meta.backbone(torch.zeros(1, 3, image_size, image_size, device="meta"))
     return shapes[0][-2], shapes[0][-1]
-
-
-class BackboneVariant:
-    """Model factory (``train_model(model_factory=...)``, ``load_model``) for a :data:`VARIANTS` trunk.
-
-    Builds the core's classifier for the variant's family (``options.backbone``), swaps in the
-    variant's torchvision trunk (ImageNet weights when ``options.pretrained``), then the head of
-    ``options.head``; the model's ``backbone_name`` is the variant, so :func:`keras_layer` and the
-    run records name it.
-    """
-
-    def __init__(self, name: str) -> None:
-        if name not in VARIANTS:
-            raise ValueError(f"no backbone variant {name!r}; known: {sorted(VARIANTS)}")
-        self.name = name
-
-    def fingerprint(self) -> str:
-        return f"backbone={self.name}"
-
-    def __call__(self, options: TrainOptions) -> CNNClassifier:
-        import dataclasses
-
-        import torchvision
-
-        from melrepro.methods.training import build_model
-
-        family = VARIANTS[self.name]
-        if options.backbone != family:
-            raise ValueError(f"{self.name} replaces {family}, options name {options.backbone!r}")
-        model = build_model(dataclasses.replace(options, head="linear", pretrained=False))
-        weights = None
-        if options.pretrained:
-            weights = torchvision.models.get_model_weights(self.name).DEFAULT
-            model.weights_name = f"torchvision:{self.name}:{weights.name}"
-        net = torchvision.models.get_model(self.name, weights=weights)
-        net.classifier[6] = nn.Identity()  # as the core does for vgg16 (same 4096-wide layout)
-        model.backbone = net
-        model.backbone_name = self.name
-        if options.head == "flatten_mlp":
-            use_flatten_mlp_head(model, options)
-        return model
-
-
-def backbone_factory(backbone: str) -> tuple[str, ModelFactory | None]:
-    """(``TrainOptions.backbone``, model factory) of a configured backbone name.
-
-    Core backbones give themselves and None (:func:`~melrepro.methods.training.build_model`);
-    a :data:`VARIANTS` name gives its family and a :class:`BackboneVariant`.
-    """
-    if backbone in VARIANTS:
-        return VARIANTS[backbone], BackboneVariant(backbone)
-    return backbone, None

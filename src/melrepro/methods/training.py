@@ -64,7 +64,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = ("efficientnet_b0", "resnet18", "resnet50", "vgg16")
+#: vgg16_bn: VGG16 with a batch norm after every convolution (gradcam_overlap's default).
+BACKBONES = ("efficientnet_b0", "resnet18", "resnet50", "vgg16", "vgg16_bn")
 LOSSES = ("bce", "focal", "ce")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "none", "inverse_time")

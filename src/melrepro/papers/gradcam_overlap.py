@@ -188,7 +188,7 @@ def train_classifier(
     """
     import torch
 
-    from melrepro.methods import cnn_heads, training
+    from melrepro.methods import training
 
     settings = dict(settings)
     augment = settings.pop("augment", "dihedral8")
@@ -206,10 +206,8 @@ def train_classifier(
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     train_y = frame.loc[frame["split"] == "train", "y"].to_numpy()
     weights = class_weights(train_y, len(CLASSES)) if weighting == "max_over_f" else None
-    # vgg16_bn is built by a model factory over the core's vgg16 (cnn_heads.BackboneVariant).
-    backbone, factory = cnn_heads.backbone_factory(str(settings["backbone"]))
     options = training.TrainOptions.from_dict(
-        settings | {"backbone": backbone},
+        settings,
         n_classes=len(CLASSES),
         loss="ce",
         class_weights=weights,
@@ -241,7 +239,6 @@ def train_classifier(
         options,
         checkpoint_dir=checkpoint_dir,
         history_path=history_path,
-        model_factory=factory,
     )
     device = torch.device(result.device)
     parts = []
@@ -261,7 +258,6 @@ def train_classifier(
     test = preds[preds["split"] == "test"]
     info = {
         "model": model_key,
-        "backbone": str(settings["backbone"]),
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_score,
         "epochs_run": len(result.history),
@@ -298,16 +294,6 @@ def load_options(metrics_path: str | Path) -> Any:
 
     options = json.loads(Path(metrics_path).read_text(encoding="utf-8"))["options"]
     return training.TrainOptions.from_dict(options)
-
-
-def load_classifier(model_path: str | Path, metrics_path: str | Path) -> Any:
-    """The trained classifier of ``model_path``, rebuilt as its metrics.json says (backbone)."""
-    from melrepro.methods import cnn_heads, training
-
-    options = load_options(metrics_path)
-    info = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
-    _, factory = cnn_heads.backbone_factory(str(info.get("backbone", options.backbone)))
-    return training.load_model(model_path, options, factory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,14 +367,14 @@ def compute_overlap(
     import torch
 
     from melrepro.data.cellcounts import read_cell_counts
-    from melrepro.methods import cnn_heads, saliency
+    from melrepro.methods import cnn_heads, saliency, training
 
     if threads:
         torch.set_num_threads(threads)
     join = pd.read_parquet(join_path)
     rows = join[join["shard"] == shard].reset_index(drop=True)
     options = load_options(metrics_path)
-    model = load_classifier(model_path, metrics_path)
+    model = training.load_model(model_path, options)
     target = cnn_heads.keras_layer(model, layer)
     images = _read_cache_subset(cache_paths, set(rows["isic2019_id"]))
     x = (
