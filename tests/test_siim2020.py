@@ -237,6 +237,43 @@ def test_base_model_shape_and_parameter_count():
         model(torch.rand(2, 3, 32, 32), torch.rand(2, 7))
 
 
+def test_augment_parameters_reach_the_cached_pipeline():
+    """Check the pipeline built once per parameter set honours each set: with every probability
+    and limit at zero a copy is the image itself, with the defaults it is not, and the default
+    copy is the same before and after the other set was used."""
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    off = {
+        "flip_p": 0.0,
+        "ssr_p": 0.0,
+        "brightness_limit": 0.0,
+        "contrast_limit": 0.0,
+    }
+    first = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
+    same = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1, params=off)
+    again = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
+    assert np.array_equal(same, image)
+    assert not np.array_equal(first, image)
+    assert np.array_equal(first, again)
+
+
+def test_model_file_is_the_best_checkpoint_and_outlives_it(tmp_path):
+    """Check the model output holds best.pt's bytes, replaces an older model file, and keeps
+    its content when the training core later replaces best.pt (a new file, os.replace)."""
+    best = tmp_path / "checkpoints" / "best.pt"
+    best.parent.mkdir()
+    best.write_bytes(b"epoch 1 weights")
+    model = tmp_path / "models" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"an older model")
+    siim2020._link_or_copy(best, model)
+    assert model.read_bytes() == b"epoch 1 weights"
+    tmp = best.with_suffix(".pt.tmp")
+    tmp.write_bytes(b"epoch 2 weights")
+    tmp.replace(best)
+    assert model.read_bytes() == b"epoch 1 weights"
+
+
 def test_model_factory_trains_and_reloads(tmp_path):
     """Check train_model(model_factory=...) trains the metadata model, and load_model with the
     factory restores identical predictions; another factory config does not resume."""

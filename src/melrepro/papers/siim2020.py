@@ -35,6 +35,7 @@ Figures 1, 5, 6 and 7 of the paper are drawings (ResNet block, CNN, perceptron, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -181,38 +182,25 @@ def _aug_seed(seed: int, image_id: str, copy: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def augment_copy(
-    image: np.ndarray,
-    *,
-    seed: int,
-    image_id: str,
-    copy: int,
-    params: Mapping[str, float] | None = None,
-) -> np.ndarray:
-    """Augmented copy ``copy`` of one image, deterministic per ``(seed, image_id, copy)``.
+_AUGMENT_DEFAULTS = {
+    "flip_p": 0.5,
+    "shift_limit": 0.0625,
+    "scale_limit": 0.1,
+    "rotate_limit": 45.0,
+    "ssr_p": 0.5,
+    "brightness_limit": 0.1,
+    "contrast_limit": 0.1,
+}
 
-    Copy 0 is the image itself. Otherwise, as the author's albumentations pipeline (§5.1):
-    ``Flip`` (horizontal, vertical or both) with ``flip_p``; shift-scale-rotate (shift
-    ``shift_limit`` of the side, scale 1 +- ``scale_limit``, rotation +- ``rotate_limit``
-    degrees) with ``ssr_p``, reflect-101 borders; brightness and contrast +- ``brightness_limit``
-    / ``contrast_limit`` always. Built from ``torchvision.transforms.v2``.
-    """
-    if copy == 0:
-        return image
-    import torch
+
+@functools.lru_cache(maxsize=8)
+def _augment_transform(height: int, width: int, items: tuple[tuple[str, float], ...]):
+    """The torchvision pipeline of :func:`augment_copy` for one image size and parameter set,
+    built once per job (its randomness comes from the torch seed set per copy)."""
     from torchvision.transforms import v2
 
-    p = {
-        "flip_p": 0.5,
-        "shift_limit": 0.0625,
-        "scale_limit": 0.1,
-        "rotate_limit": 45.0,
-        "ssr_p": 0.5,
-        "brightness_limit": 0.1,
-        "contrast_limit": 0.1,
-        **(params or {}),
-    }
-    side = image.shape[0]
+    p = dict(items)
+    side = height
     pad = side // 2
     flips = v2.RandomChoice(
         [
@@ -232,18 +220,42 @@ def augment_copy(
                 scale=(1 - p["scale_limit"], 1 + p["scale_limit"]),
                 interpolation=v2.InterpolationMode.BILINEAR,
             ),
-            v2.CenterCrop(image.shape[:2]),
+            v2.CenterCrop((height, width)),
         ]
     )
     # DEVIATION: ColorJitter scales brightness multiplicatively; albumentations'
     # RandomBrightnessContrast adds brightness_limit x max. Same range of factors.
-    transform = v2.Compose(
+    return v2.Compose(
         [
             v2.RandomApply([flips], p=p["flip_p"]),
             v2.RandomApply([ssr], p=p["ssr_p"]),
             v2.ColorJitter(brightness=p["brightness_limit"], contrast=p["contrast_limit"]),
         ]
     )
+
+
+def augment_copy(
+    image: np.ndarray,
+    *,
+    seed: int,
+    image_id: str,
+    copy: int,
+    params: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """Augmented copy ``copy`` of one image, deterministic per ``(seed, image_id, copy)``.
+
+    Copy 0 is the image itself. Otherwise, as the author's albumentations pipeline (§5.1):
+    ``Flip`` (horizontal, vertical or both) with ``flip_p``; shift-scale-rotate (shift
+    ``shift_limit`` of the side, scale 1 +- ``scale_limit``, rotation +- ``rotate_limit``
+    degrees) with ``ssr_p``, reflect-101 borders; brightness and contrast +- ``brightness_limit``
+    / ``contrast_limit`` always. Built from ``torchvision.transforms.v2``.
+    """
+    if copy == 0:
+        return image
+    import torch
+
+    p = {**_AUGMENT_DEFAULTS, **(params or {})}
+    transform = _augment_transform(image.shape[0], image.shape[1], tuple(sorted(p.items())))
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_aug_seed(seed, image_id, copy))
@@ -562,6 +574,20 @@ def _metadata(frame: pd.DataFrame, model: str, sites: Sequence[str]) -> np.ndarr
     )
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (no second copy of the weights), else a copy.
+
+    The training core replaces ``best.pt`` atomically (a new file), so a later checkpoint never
+    changes the linked ``target``.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:  # another file system, or links not supported
+        shutil.copyfile(source, target)
+
+
 def train_model_on(
     manifest_path: str | Path,
     rows_path: str | Path,
@@ -612,6 +638,9 @@ def train_model_on(
     from melrepro.methods import training
     from melrepro.methods.metadata_models import ModelSpec
 
+    # The job's threads from the start: the augmented copies below are built before the training
+    # core sets them, and torch's default (every core) contends with the other jobs of the run.
+    torch.set_num_threads(max(1, int(threads)))
     seed = int(run_info["seed"])
     options = training.TrainOptions.from_dict(
         dict(train),
@@ -716,7 +745,7 @@ def train_model_on(
     preds["prediction"] = (preds["probability"] >= threshold).astype(int)
     Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(predictions_path, index=False)
-    shutil.copyfile(Path(checkpoint_dir) / "best.pt", model_path)
+    _link_or_copy(Path(checkpoint_dir) / "best.pt", Path(model_path))
     info = {
         "protocol": protocol,
         "model": model,
