@@ -44,8 +44,16 @@ def test_cpu_checkpoint_resumes_into_an_enabled_grad_scaler(tmp_path, caplog):
     the device change is logged."""
     images, labels = _data()
     ds = training.ArrayDataset(images, labels)
-    opts = training.TrainOptions.from_dict({**TINY, "epochs": 1})
-    training.train_model(ds, ds, opts, checkpoint_dir=tmp_path)
+    opts = training.TrainOptions.from_dict({**TINY, "epochs": 2})
+
+    class Stop(Exception):
+        pass
+
+    def stop(_epoch, _row):
+        raise Stop
+
+    with pytest.raises(Stop):  # an unfinished run: last.pt keeps the resume state
+        training.train_model(ds, ds, opts, checkpoint_dir=tmp_path, on_epoch_end=stop)
     ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["scaler"] == {}
     assert ckpt["execution"] == {"device": "cpu", "amp": False, "augmentation": "main process"}
@@ -53,7 +61,7 @@ def test_cpu_checkpoint_resumes_into_an_enabled_grad_scaler(tmp_path, caplog):
     fingerprint = ckpt["fingerprint"]
     run = training._setup(opts, fingerprint)
     run.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
-    assert training._resume(run, tmp_path / "last.pt") == (1, True)
+    assert training._resume(run, tmp_path / "last.pt") == (1, False)
     assert run.scaler.get_scale() == 1024.0  # the fresh scaler was kept
 
     # Reverse: a GPU-like checkpoint (enabled scaler state, amp on cuda) into a CPU run.
@@ -62,7 +70,7 @@ def test_cpu_checkpoint_resumes_into_an_enabled_grad_scaler(tmp_path, caplog):
     torch.save(ckpt, tmp_path / "last.pt")
     cpu_run = training._setup(opts, fingerprint)
     with caplog.at_level("WARNING", logger="melrepro.methods.training"):
-        assert training._resume(cpu_run, tmp_path / "last.pt") == (1, True)
+        assert training._resume(cpu_run, tmp_path / "last.pt") == (1, False)
     assert "not bit-identical" in caplog.text
     assert not cpu_run.scaler.is_enabled()
 
