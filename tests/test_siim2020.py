@@ -257,23 +257,6 @@ def test_augment_parameters_reach_the_cached_pipeline():
     assert np.array_equal(first, again)
 
 
-def test_model_file_is_the_best_checkpoint_and_outlives_it(tmp_path):
-    """Check the model output holds best.pt's bytes, replaces an older model file, and keeps
-    its content when the training core later replaces best.pt (a new file, os.replace)."""
-    best = tmp_path / "checkpoints" / "best.pt"
-    best.parent.mkdir()
-    best.write_bytes(b"epoch 1 weights")
-    model = tmp_path / "models" / "model.pt"
-    model.parent.mkdir()
-    model.write_bytes(b"an older model")
-    siim2020._link_or_copy(best, model)
-    assert model.read_bytes() == b"epoch 1 weights"
-    tmp = best.with_suffix(".pt.tmp")
-    tmp.write_bytes(b"epoch 2 weights")
-    tmp.replace(best)
-    assert model.read_bytes() == b"epoch 1 weights"
-
-
 def test_model_factory_trains_and_reloads(tmp_path):
     """Check train_model(model_factory=...) trains the metadata model, and load_model with the
     factory restores identical predictions; another factory config does not resume."""

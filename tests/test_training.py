@@ -388,3 +388,20 @@ def test_last_epoch_monitor_keeps_the_last_epoch(tmp_path):
     result = training.train_model(train, val, opts, checkpoint_dir=tmp_path)
     assert result.best_epoch == 3
     assert result.history["last_epoch"].tolist() == [1, 2, 3]
+
+
+def test_model_file_is_the_best_checkpoint_and_outlives_it(tmp_path):
+    """Check export_best: the model output holds best.pt's bytes, replaces an older model file, and keeps
+    its content when the training core later replaces best.pt (a new file, os.replace)."""
+    best = tmp_path / "checkpoints" / "best.pt"
+    best.parent.mkdir()
+    best.write_bytes(b"epoch 1 weights")
+    model = tmp_path / "models" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"an older model")
+    training.export_best(best.parent, model)
+    assert model.read_bytes() == b"epoch 1 weights"
+    tmp = best.with_suffix(".pt.tmp")
+    tmp.write_bytes(b"epoch 2 weights")
+    tmp.replace(best)
+    assert model.read_bytes() == b"epoch 1 weights"

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ __all__ = [
     "augments_on_device",
     "build_model",
     "evaluate",
+    "export_best",
     "gradcam_target_layer",
     "load_model",
     "make_class_sampler",
@@ -1236,6 +1238,22 @@ def _save_last(run: _Run, options: TrainOptions, epoch: int, finished: bool, pat
         },
         path,
     )
+
+
+def export_best(checkpoint_dir: str | Path, model_path: str | Path) -> None:
+    """Publish ``checkpoint_dir/best.pt`` as ``model_path`` (a rule's output) without a second
+    copy of the weights: a hard link, else (another file system) a copy.
+
+    :func:`_atomic_save` replaces ``best.pt`` by a new file, so a later checkpoint never changes
+    the linked ``model_path``.
+    """
+    source, target = Path(checkpoint_dir) / "best.pt", Path(model_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:  # another file system, or links not supported
+        shutil.copyfile(source, target)
 
 
 def train_model(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -375,7 +374,7 @@ def train_variant(
     preds["prediction_spec95"] = (preds["probability"] >= threshold95).astype(int)
     Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(predictions_path, index=False)
-    shutil.copyfile(Path(checkpoint_dir) / "best.pt", model_path)
+    training.export_best(checkpoint_dir, model_path)
     info = {
         "variant": variant,
         "threshold": threshold,

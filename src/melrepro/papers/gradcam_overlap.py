@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -254,7 +253,7 @@ def train_classifier(
     preds = pd.concat(parts, ignore_index=True)
     Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(predictions_path, index=False)
-    shutil.copyfile(Path(checkpoint_dir) / "best.pt", model_path)
+    training.export_best(checkpoint_dir, model_path)
     test = preds[preds["split"] == "test"]
     info = {
         "model": model_key,

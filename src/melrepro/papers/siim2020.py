@@ -40,7 +40,6 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -574,20 +573,6 @@ def _metadata(frame: pd.DataFrame, model: str, sites: Sequence[str]) -> np.ndarr
     )
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """``target`` as a hard link to ``source`` (no second copy of the weights), else a copy.
-
-    The training core replaces ``best.pt`` atomically (a new file), so a later checkpoint never
-    changes the linked ``target``.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
-    try:
-        target.hardlink_to(source)
-    except OSError:  # another file system, or links not supported
-        shutil.copyfile(source, target)
-
-
 def train_model_on(
     manifest_path: str | Path,
     rows_path: str | Path,
@@ -745,7 +730,7 @@ def train_model_on(
     preds["prediction"] = (preds["probability"] >= threshold).astype(int)
     Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
     preds.to_parquet(predictions_path, index=False)
-    _link_or_copy(Path(checkpoint_dir) / "best.pt", Path(model_path))
+    training.export_best(checkpoint_dir, model_path)
     info = {
         "protocol": protocol,
         "model": model,
