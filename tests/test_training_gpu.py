@@ -31,6 +31,20 @@ def _data(n: int = 24, size: int = 32) -> training.ArrayDataset:
     return images, labels
 
 
+class _Stopped(Exception):
+    """Raised by :func:`_stop_after`: a run that ends with its checkpoint written, unfinished."""
+
+
+def _stop_after(stop_epoch: int):
+    """An ``on_epoch_end`` that stops the run once epoch ``stop_epoch``'s last.pt is written."""
+
+    def stop(epoch, _row):
+        if epoch == stop_epoch:
+            raise _Stopped
+
+    return stop
+
+
 @pytest.fixture(autouse=True)
 def _keep_threads():
     threads = torch.get_num_threads()
@@ -46,14 +60,8 @@ def test_cpu_checkpoint_resumes_into_an_enabled_grad_scaler(tmp_path, caplog):
     ds = training.ArrayDataset(images, labels)
     opts = training.TrainOptions.from_dict({**TINY, "epochs": 2})
 
-    class Stop(Exception):
-        pass
-
-    def stop(_epoch, _row):
-        raise Stop
-
-    with pytest.raises(Stop):  # an unfinished run: last.pt keeps the resume state
-        training.train_model(ds, ds, opts, checkpoint_dir=tmp_path, on_epoch_end=stop)
+    with pytest.raises(_Stopped):  # an unfinished run: last.pt keeps the resume state
+        training.train_model(ds, ds, opts, checkpoint_dir=tmp_path, on_epoch_end=_stop_after(1))
     ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["scaler"] == {}
     assert ckpt["execution"] == {"device": "cpu", "amp": False, "augmentation": "main process"}
@@ -191,21 +199,14 @@ def test_worker_loading_is_independent_of_the_worker_count_and_resumes_exactly(t
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert runs[1].history["train_loss"].equals(runs[2].history["train_loss"])
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(epoch, _row):
-        if epoch == 1:
-            raise Stop
-
     stopped = tmp_path / "stopped"
-    with pytest.raises(Stop):
+    with pytest.raises(_Stopped):
         training.train_model(
             train,
             val,
             training.TrainOptions.from_dict({**opts, "num_workers": 2}),
             checkpoint_dir=stopped,
-            on_epoch_end=stop_after_first,
+            on_epoch_end=_stop_after(1),
         )
     resumed = training.train_model(
         train,
