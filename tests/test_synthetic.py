@@ -363,23 +363,25 @@ def test_default_spec_gives_every_class_enough_images() -> None:
         assert counts["train"][c] >= 10
 
 
-def test_class_overlap_swaps_styles_across_malignancy_only() -> None:
-    """Check class_overlap repaints that share of lesions in the other group's style, labels kept.
+def test_task3_difficulty_swaps_styles_across_malignancy_only() -> None:
+    """Check task-3 difficulty repaints that share of lesions in the other group's style.
 
-    0 must leave the plan as it was (other draws untouched); 0.3 swaps about 30 % of lesions,
-    each to a style of the other malignancy group (MEL/BCC/AKIEC vs the rest).
+    0 must leave the plan as it was; 0.3 repaints about 30 % of lesions, each in a style of the
+    other malignancy group (MEL/BCC/AKIEC vs the rest), with labels, ids, patients, sex and age
+    those of difficulty 0 (the one difficulty key means the same for every dataset).
     """
     from melrepro.data.synthetic.plan import _STYLE, plan_dataset
 
     counts = {"train": {"MEL": 60, "NV": 120, "BCC": 20, "BKL": 20}}
     base = resolve_spec("isic2018_task3", {"counts": counts, "images_per_lesion": 1.0})
+    assert base["difficulty"] == 0.0
     plain = plan_dataset("isic2018_task3", base, 7)
-    again = plan_dataset("isic2018_task3", {**base, "class_overlap": 0.0}, 7)
-    assert [(p.image_id, p.label, p.style) for p in plain] == [
-        (p.image_id, p.label, p.style) for p in again
-    ]
-    mixed = plan_dataset("isic2018_task3", {**base, "class_overlap": 0.3}, 7)
-    assert sorted(p.label for p in mixed) == sorted(p.label for p in plain)
+    mixed = plan_dataset("isic2018_task3", {**base, "difficulty": 0.3}, 7)
+
+    def facts(plans):
+        return [(p.image_id, p.label, p.patient_id, p.sex, p.age) for p in plans]
+
+    assert facts(mixed) == facts(plain)
     malignant_styles = {_STYLE["MEL"], _STYLE["BCC"], "actinic_keratosis", "scc"}
     swapped = [(p.style in malignant_styles) != (p.label in ("MEL", "BCC", "AKIEC")) for p in mixed]
     assert sum(swapped) / len(mixed) == pytest.approx(0.3, abs=0.08)
@@ -387,7 +389,7 @@ def test_class_overlap_swaps_styles_across_malignancy_only() -> None:
         (p.style in malignant_styles) != (p.label in ("MEL", "BCC", "AKIEC")) for p in plain
     )
     with pytest.raises(ValueError, match="only defined for"):
-        plan_dataset("isic2019", {**resolve_spec("isic2019", None), "class_overlap": 0.1}, 7)
+        plan_dataset("isic2019", {**resolve_spec("isic2019", None), "difficulty": 0.1}, 7)
 
 
 def test_difficulty_repaints_a_share_of_lesions_and_changes_nothing_else() -> None:

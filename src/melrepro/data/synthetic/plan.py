@@ -102,11 +102,22 @@ _MALE = {
     "vascular": 0.5,
 }
 _SEVERITY = ["melanoma", "scc", "bcc", "actinic_keratosis"]  # a patient's "worst" lesion
-#: Styles a lesion of each style may be painted in when the spec's ``difficulty`` > 0.
-_OVERLAP = {
+#: ``difficulty`` (every dataset that has it): the probability that a lesion is painted in the
+#: style of a class on the other side of its paper's target, chosen at random among these styles.
+#: Labels, demographics and sites keep the true class. ISIC 2017 and the archive melanomas:
+#: melanoma vs nevus / seborrheic keratosis; HAM10000 (task 3): malignant vs benign classes.
+_MELANOMA_VS_REST = {
     "melanoma": ("nevus", "seborrheic_keratosis"),
     "nevus": ("melanoma",),
     "seborrheic_keratosis": ("melanoma",),
+}
+_MALIGNANT_STYLES = ("melanoma", "bcc", "actinic_keratosis", "scc")
+_BENIGN_STYLES = ("nevus", "bkl", "lentigo", "dermatofibroma", "vascular")
+_CONFUSABLE = {
+    "isic2017": _MELANOMA_VS_REST,
+    "isic_archive_melanoma": _MELANOMA_VS_REST,
+    "isic2018_task3": {s: _BENIGN_STYLES for s in _MALIGNANT_STYLES}
+    | {s: _MALIGNANT_STYLES for s in _BENIGN_STYLES},
 }
 
 _SITES = (
@@ -187,25 +198,6 @@ def _style(dataset: str, label: str, rng: np.random.Generator) -> tuple[str, str
     return _STYLE[label], diagnosis
 
 
-#: Malignant classes per dataset for ``class_overlap`` (the archive's benign_malignant field).
-_MALIGNANT_CLASSES = {"isic2018_task3": ("MEL", "BCC", "AKIEC")}
-
-
-def _overlap_style(
-    dataset: str, label: str, overlap: float, rng: np.random.Generator
-) -> str | None:
-    """With probability ``overlap``, the style of a random class of the other malignancy group."""
-    if overlap <= 0:
-        return None
-    if dataset not in _MALIGNANT_CLASSES:
-        raise ValueError(f"class_overlap is only defined for {sorted(_MALIGNANT_CLASSES)}")
-    if rng.uniform() >= overlap:
-        return None
-    malignant = _MALIGNANT_CLASSES[dataset]
-    others = [c for c in CLASSES[dataset] if (c in malignant) != (label in malignant)]
-    return _style(dataset, str(rng.choice(others)), rng)[0]
-
-
 def _group_sizes(n: int, mean: float, rng: np.random.Generator) -> list[int]:
     """Split ``n`` images into groups of 1 + Poisson(mean - 1) images."""
     sizes = []
@@ -253,21 +245,18 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
     # difficulty draws come from their own stream: difficulty 0 leaves every other draw as is
     difficulty = float(spec.get("difficulty", 0.0))
     difficulty_rng = np.random.default_rng([seed + SEED_OFFSET[dataset], 12])
+    if difficulty > 0 and dataset not in _CONFUSABLE:
+        raise ValueError(f"difficulty is only defined for {sorted(_CONFUSABLE)}, not {dataset}")
+    confusable = _CONFUSABLE.get(dataset, {})
     layout = DATASETS[dataset]
     # 1. lesions of every split, each with its class, style and number of images
     by_split: dict[str, list[dict[str, Any]]] = {}
-    # Its own stream, so that class_overlap = 0 leaves every other draw as it was.
-    overlap_rng = np.random.default_rng([seed, SEED_OFFSET[dataset], 12])
-    overlap = float(spec.get("class_overlap", 0.0))
     for image_set in layout.image_sets:
         lesions = []
         for label in CLASSES[dataset]:
             n = int(spec["counts"].get(image_set.split, {}).get(label, 0))
             for k in _group_sizes(n, spec["images_per_lesion"], rng):
                 style, diagnosis = _style(dataset, label, rng)
-                swapped = _overlap_style(dataset, label, overlap, overlap_rng)
-                if swapped is not None:
-                    style = swapped
                 lesions.append({"label": label, "style": style, "diagnosis": diagnosis, "n": k})
         by_split[image_set.split] = [lesions[i] for i in rng.permutation(len(lesions))]
 
@@ -292,8 +281,8 @@ def plan_dataset(dataset: str, spec: dict[str, Any], seed: int) -> list[ImagePla
             weights = _SITE_WEIGHTS[sex] * _SITE_FACTOR.get(les["style"], 1)
             site = str(rng.choice(_SITES, p=weights / weights.sum()))
             painted = les["style"]
-            if difficulty > 0 and painted in _OVERLAP and difficulty_rng.uniform() < difficulty:
-                painted = str(difficulty_rng.choice(_OVERLAP[painted]))
+            if difficulty > 0 and painted in confusable and difficulty_rng.uniform() < difficulty:
+                painted = str(difficulty_rng.choice(confusable[painted]))
             les["painted"] = painted
             lesion = sample_lesion(painted, np.random.default_rng(int(rng.integers(2**62))))
             extra = {}

@@ -91,7 +91,7 @@ DEFAULT_SPEC: dict[str, dict[str, Any]] = {
         max_height=450,
         aspect_ratios=[1.333],
         images_per_lesion=1.4,
-        class_overlap=0.0,
+        difficulty=0.0,
     ),
     "isic2019": _spec(
         {
@@ -207,9 +207,11 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
     ),
     "difficulty": (
         {"type": "number"},
-        "Class overlap: the probability that a lesion is painted in the style of a confusable "
-        "class (a melanoma as a nevus or seborrheic keratosis, a nevus or keratosis as a "
-        "melanoma); labels, demographics and sites keep the true class (0 = separable classes).",
+        "How hard the twin is, the one difficulty key of every dataset that has it: the "
+        "probability that a lesion is painted in the style of a class on the other side of its "
+        "paper's target (ISIC 2017 and archive melanomas: a melanoma as a nevus or seborrheic "
+        "keratosis, a nevus or keratosis as a melanoma; HAM10000: a malignant class as a benign "
+        "one and back); labels, demographics and sites keep the true class (0 = separable).",
         0,
         1,
     ),
@@ -235,14 +237,6 @@ _PROPERTIES: dict[str, tuple[dict[str, Any], str, float | None, float | None]] =
         "ISIC 2019 archive is (isic2019 only).",
         0,
         1,
-    ),
-    "class_overlap": (
-        {"type": "number"},
-        "Fraction of lesions painted in the style of a class of the other malignancy group "
-        "(their label is kept), so that class signals overlap as real lesions do; 0 keeps every "
-        "class in its own style (isic2018_task3 only).",
-        0,
-        0.5,
     ),
     "duplicates": (
         {"type": "integer"},
