@@ -1,6 +1,6 @@
 """Rule compute_effnet_ham_gradcam: Grad-CAM of every test image and its share outside the lesion."""
 
-from melrepro.papers.effnet_ham import compute_gradcam
+from melrepro.papers.effnet_ham.evaluate import compute_gradcam
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

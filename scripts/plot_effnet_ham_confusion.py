@@ -1,6 +1,6 @@
 """Rule plot_effnet_ham_confusion: fig03, test confusion matrix at the Youden threshold."""
 
-from melrepro.papers.effnet_ham import plot_confusion
+from melrepro.papers.effnet_ham.figures import plot_confusion
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

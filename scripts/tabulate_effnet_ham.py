@@ -1,6 +1,6 @@
 """Rule tabulate_effnet_ham: table01, test metrics of every variant at the Youden threshold."""
 
-from melrepro.papers.effnet_ham import tabulate_results
+from melrepro.papers.effnet_ham.tables import tabulate_results
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule train_effnet_ham: train one table01 variant, evaluate on test (Youden on validation, 95 % specificity on test)."""
 
 from melrepro.methods.gpu_slots import claim_gpus
-from melrepro.papers.effnet_ham import train_variant
+from melrepro.papers.effnet_ham.train import train_variant
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melrepro.papers import effnet_ham
+from melrepro.papers.effnet_ham import datasets, evaluate, figures, tables, train
 
 LABELS = ["MEL", "NV", "BCC", "AKIEC", "BKL", "NV", "DF", "NV"]
 RECIPE = dict(
@@ -85,13 +85,13 @@ def task3(tmp_path_factory):
 
 def test_cache_resolution_centre_crops_to_size():
     """Check 224 px needs a 299 px long side for 600x450 images (short side 224)."""
-    assert effnet_ham.cache_resolution(224) == "max299"
-    assert effnet_ham.cache_resolution(300) == "max400"
+    assert datasets.cache_resolution(224) == "max299"
+    assert datasets.cache_resolution(300) == "max400"
 
 
 def test_split_options_merges_variant_over_recipe():
     """Check a variant's overrides win and preprocessing keys are split off."""
-    pre, opts = effnet_ham.split_options(
+    pre, opts = datasets.split_options(
         {"image_size": 224, "focal_alpha": 0.6}, {"focal_alpha": 0.75, "image_size": 300}, seed=5
     )
     assert pre["image_size"] == 300
@@ -103,14 +103,14 @@ def test_check_lesions_disjoint_rejects_a_crossing_lesion():
     """Check a lesion in train and test is refused, then a grouped split passes."""
     frame = pd.DataFrame({"lesion_id": ["a", "a", "b"], "split": ["train", "test", "val"]})
     with pytest.raises(ValueError, match="more than one split"):
-        effnet_ham.check_lesions_disjoint(frame)
-    effnet_ham.check_lesions_disjoint(frame.assign(split=["train", "train", "val"]))
+        datasets.check_lesions_disjoint(frame)
+    datasets.check_lesions_disjoint(frame.assign(split=["train", "train", "val"]))
 
 
 def test_load_task3_labels_and_no_lesion_in_two_splits(task3):
     """Check MEL/BCC/AKIEC are malignant, images are cropped square, lesions stay in one split."""
     root, shards = task3
-    frame, images = effnet_ham.load_task3(
+    frame, images = datasets.load_task3(
         root / "manifest.parquet", root / "split.parquet", shards, image_size=24
     )
     assert len(frame) == 48
@@ -119,7 +119,7 @@ def test_load_task3_labels_and_no_lesion_in_two_splits(task3):
     assert frame["target"].tolist() == expected.tolist()
     assert images[frame["image_id"][0]].shape == (24, 24, 3)
     with pytest.raises(ValueError, match="do not occur"):
-        effnet_ham.load_task3(
+        datasets.load_task3(
             root / "manifest.parquet", root / "split.parquet", shards, malignant_labels=["SCC"]
         )
 
@@ -127,7 +127,7 @@ def test_load_task3_labels_and_no_lesion_in_two_splits(task3):
 def _train_baseline2(task3, tmp_path, out, **kwargs):
     """train_variant of Baseline 2 on the tiny task-3 fixture, outputs in ``out``."""
     root, shards = task3
-    return effnet_ham.train_variant(
+    return train.train_variant(
         root / "manifest.parquet",
         root / "split.parquet",
         shards,
@@ -166,27 +166,27 @@ def test_tiny_end_to_end(task3, tmp_path):
     t95 = info["test_spec95"]
     assert t95["tn"] / (t95["tn"] + t95["fp"]) >= 0.95
     assert info["probability_sd"]["test"] == pytest.approx(test["probability"].std(ddof=0))
-    table = effnet_ham.tabulate_results(
+    table = tables.tabulate_results(
         [out / "metrics.json"], ["Baseline 2"], tmp_path / "table01.csv"
     )
     assert table.loc[("Baseline 2", "Youden (validation)"), "AUROC"] == pytest.approx(t["auroc"])
     row95 = table.loc[("Baseline 2", "95% specificity (test)")]
     assert row95["Recall"] == pytest.approx(t95["recall"])
     assert row95["n test"] == len(test)
-    for column in effnet_ham.METRIC_COLUMNS:
+    for column in tables.METRIC_COLUMNS:
         assert (table[f"{column} CI low"] <= table[column] + 1e-9).all()
         assert (table[column] <= table[f"{column} CI high"] + 1e-9).all()
     assert (tmp_path / "table01.md").exists()
 
-    counts = effnet_ham.plot_class_distribution(
+    counts = figures.plot_class_distribution(
         root / "manifest.parquet", root / "split.parquet", tmp_path / "fig01.png"
     )
     assert counts.to_numpy().sum() == 48
-    effnet_ham.plot_loss_curves(out / "history.csv", tmp_path / "fig02.png")
-    cm = effnet_ham.plot_confusion(out / "predictions.parquet", tmp_path / "fig03.png")
+    figures.plot_loss_curves(out / "history.csv", tmp_path / "fig02.png")
+    cm = figures.plot_confusion(out / "predictions.parquet", tmp_path / "fig03.png")
     assert cm.sum() == len(test)
 
-    cams = effnet_ham.compute_gradcam(
+    cams = evaluate.compute_gradcam(
         out / "model.pt",
         out / "predictions.parquet",
         root / "manifest.parquet",
@@ -217,10 +217,10 @@ def test_tiny_end_to_end(task3, tmp_path):
     assert data["maps"].min() >= 0
     assert data["maps"].max() <= 1
     assert data["maps"].shape[1:] == (32, 32)
-    effnet_ham.plot_gradcam_examples(
+    figures.plot_gradcam_examples(
         tmp_path / "cams.npz", tmp_path / "cams.csv", tmp_path / "fig05.png"
     )
-    effnet_ham.plot_gradcam_outside(
+    figures.plot_gradcam_outside(
         tmp_path / "cams.npz", tmp_path / "cams.csv", tmp_path / "fig06.png"
     )
     for fig in ("fig01", "fig02", "fig03", "fig05", "fig06"):
@@ -236,11 +236,11 @@ def ids_with_mask(root):
 def test_mean_pairwise_correlation_known_answers():
     """Check identical maps correlate 1, a map and its negative -1, empty maps are left out."""
     ramp = np.linspace(0, 1, 64).reshape(8, 8)
-    assert effnet_ham.mean_pairwise_correlation(np.stack([ramp] * 3)) == pytest.approx(1.0)
+    assert evaluate.mean_pairwise_correlation(np.stack([ramp] * 3)) == pytest.approx(1.0)
     pair = np.stack([ramp, 1 - ramp, np.zeros((8, 8))])
-    assert effnet_ham.mean_pairwise_correlation(pair) == pytest.approx(-1.0)
+    assert evaluate.mean_pairwise_correlation(pair) == pytest.approx(-1.0)
     noise = np.random.default_rng(0).uniform(size=(40, 16, 16))
-    assert abs(effnet_ham.mean_pairwise_correlation(noise)) < 0.05
+    assert abs(evaluate.mean_pairwise_correlation(noise)) < 0.05
 
 
 def test_bad_gradcam_layer_is_named():
@@ -249,8 +249,8 @@ def test_bad_gradcam_layer_is_named():
 
     model = training.build_model(training.TrainOptions(backbone="resnet18"))
     with pytest.raises(ValueError, match="'nope' is not a submodule.*features.3"):
-        effnet_ham._target_layer(model, "nope")
-    assert effnet_ham._target_layer(model, None) is model.backbone.layer4[-1]
+        evaluate._target_layer(model, "nope")
+    assert evaluate._target_layer(model, None) is model.backbone.layer4[-1]
 
 
 @pytest.mark.slow
@@ -260,7 +260,7 @@ def test_default_run_learns_on_the_synthetic_twin(tmp_path):
     Runs the workflow (synthetic task-3 twin, default config) in a scratch folder. Chance is
     0.5; with ~10 malignant and ~25 benign test images the SD of a chance AUROC is about 0.1,
     so 0.7 is two SDs above chance. A model whose test probabilities barely vary (SD below
-    effnet_ham.DEGENERATE_SD, the BatchNorm failure of issue 12) fails even if its ranks give a
+    evaluate.DEGENERATE_SD, the BatchNorm failure of issue 12) fails even if its ranks give a
     good AUROC. Grad-CAM maps must be non-empty and image-specific (mean pairwise correlation
     below 0.8). Also checks table01 has the five runs under both protocols and that fig01-fig06
     (except the rule-graph fig04) are drawn.
@@ -295,7 +295,7 @@ def test_default_run_learns_on_the_synthetic_twin(tmp_path):
     for variant in ("baseline1", "baseline2", "res300", "mixup", "shades_of_grey"):
         path = tmp_path / f"results/effnet_ham/models/{variant}/metrics.json"
         spread = json.loads(path.read_text())["probability_sd"]
-        assert spread["test"] > effnet_ham.DEGENERATE_SD, variant
+        assert spread["test"] > evaluate.DEGENERATE_SD, variant
     summary = json.loads(
         (tmp_path / "results/effnet_ham/gradcam/baseline2/summary.json").read_text()
     )
@@ -309,7 +309,7 @@ def test_default_run_learns_on_the_synthetic_twin(tmp_path):
         "Mixup 0.2",
         "Shades of grey",
     ]
-    assert set(table["Protocol"]) == {p[0] for p in effnet_ham.PROTOCOLS}
+    assert set(table["Protocol"]) == {p[0] for p in tables.PROTOCOLS}
     for target in targets:
         assert (tmp_path / target).exists()
 
