@@ -5,8 +5,8 @@ Keras-style heads and named Grad-CAM layers of paper 004 (the TIML toolkit).
 TIML builds its VGG16 and ResNet50 classifiers as the convolutional trunk *without* its global
 pooling, ``Flatten``, ``Dense(2048, relu)``, ``Dropout(0.5)``, ``Dense(2048, relu)``,
 ``Dropout(0.5)``, ``Dense(n_classes)``. :func:`use_flatten_mlp_head` turns a
-:class:`CNNClassifier` into that network; the first layer's width follows from the input size (VGG16 at 450 px: 512 x 14 x 14 = 100,352; ResNet50 at 227 px:
-2048 x 8 x 8 = 131,072).
+:class:`CNNClassifier` into that network; the first layer's width follows from the input
+size (VGG16 at 450 px: 512 x 14 x 14 = 100,352; ResNet50 at 227 px: 2048 x 8 x 8 = 131,072).
 """
 
 from __future__ import annotations
