@@ -405,3 +405,59 @@ def test_model_file_is_the_best_checkpoint_and_outlives_it(tmp_path):
     tmp.write_bytes(b"epoch 2 weights")
     tmp.replace(best)
     assert model.read_bytes() == b"epoch 1 weights"
+
+
+def test_write_run_outputs_publishes_predictions_model_and_metrics(tmp_path):
+    """Check write_run_outputs after a small real training: the predictions parquet round-trips,
+    the model file holds best.pt's weights, and metrics.json holds the paper's metrics first,
+    then the run's common keys with their values (a key the paper sets keeps its value)."""
+    import json
+
+    import pandas as pd
+
+    images, labels = _blobs(16)
+    ds = training.ArrayDataset(images, labels, per_image_normalize)
+    opts = training.TrainOptions.from_dict({**TINY, "epochs": 2})
+    ckpt = tmp_path / "ckpt"
+    result = training.train_model(ds, ds, opts, checkpoint_dir=ckpt)
+    probs = training.predict(result.model, ds, options=opts)
+    preds = pd.DataFrame({"image_id": [f"im{i}" for i in range(16)], "probability": probs})
+    out = tmp_path / "out"
+    out.mkdir()
+    info = training.write_run_outputs(
+        result,
+        opts,
+        preds,
+        predictions_path=tmp_path / "preds" / "deep" / "predictions.parquet",
+        checkpoint_dir=ckpt,
+        model_path=out / "model.pt",
+        metrics_path=out / "metrics.json",
+        metrics={"variant": "tiny", "device": "set by the paper"},
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "preds" / "deep" / "predictions.parquet"), preds
+    )
+    best = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
+    model = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert model["epoch"] == best["epoch"] == result.best_epoch
+    for name, tensor in best["model"].items():
+        assert torch.equal(model["model"][name], tensor), name
+    text = (out / "metrics.json").read_text(encoding="utf-8")
+    assert text.endswith("}\n")
+    written = json.loads(text)
+    assert written == json.loads(json.dumps(info, default=str))
+    assert list(written) == [
+        "variant",
+        "device",
+        "best_epoch",
+        "epochs_run",
+        "train_seconds",
+        "weights",
+        "options",
+    ]
+    assert written["device"] == "set by the paper"
+    assert written["best_epoch"] == result.best_epoch
+    assert written["epochs_run"] == 2 == len(result.history)
+    assert written["train_seconds"] == pytest.approx(float(result.history["seconds"].sum()))
+    assert written["weights"] == result.weights == "random_init"
+    assert written["options"] == opts.to_dict()

@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from melrepro.methods import training
+from melrepro.methods.training import data
+from melrepro.methods.training.checkpoint import _resume
+from melrepro.methods.training.loop import _setup
 from melrepro.methods.transforms import train_transform
 
 TINY = dict(
@@ -67,18 +70,18 @@ def test_cpu_checkpoint_resumes_into_an_enabled_grad_scaler(tmp_path, caplog):
     assert ckpt["execution"] == {"device": "cpu", "amp": False, "augmentation": "main process"}
 
     fingerprint = ckpt["fingerprint"]
-    run = training._setup(opts, fingerprint)
+    run = _setup(opts, fingerprint)
     run.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
-    assert training._resume(run, tmp_path / "last.pt") == (1, False)
+    assert _resume(run, tmp_path / "last.pt") == (1, False)
     assert run.scaler.get_scale() == 1024.0  # the fresh scaler was kept
 
     # Reverse: a GPU-like checkpoint (enabled scaler state, amp on cuda) into a CPU run.
     ckpt["scaler"] = run.scaler.state_dict()
     ckpt["execution"] = {"device": "cuda", "amp": True, "augmentation": "per-item seeds"}
     torch.save(ckpt, tmp_path / "last.pt")
-    cpu_run = training._setup(opts, fingerprint)
-    with caplog.at_level("WARNING", logger="melrepro.methods.training"):
-        assert training._resume(cpu_run, tmp_path / "last.pt") == (1, False)
+    cpu_run = _setup(opts, fingerprint)
+    with caplog.at_level("WARNING", logger="melrepro.methods.training.checkpoint"):
+        assert _resume(cpu_run, tmp_path / "last.pt") == (1, False)
     assert "not bit-identical" in caplog.text
     assert not cpu_run.scaler.is_enabled()
 
@@ -99,10 +102,10 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 def test_torch_threads_leave_room_for_loader_workers():
     """Check a job of 4 threads with 3 loader workers runs torch on 1 thread (4 + 3 > 4 before)."""
     opts = training.TrainOptions.from_dict({**TINY, "threads": 4, "num_workers": 3})
-    training._setup(opts, "x")
+    _setup(opts, "x")
     assert torch.get_num_threads() == 1
     opts = training.TrainOptions.from_dict({**TINY, "threads": 2, "num_workers": 0})
-    training._setup(opts, "x")
+    _setup(opts, "x")
     assert torch.get_num_threads() == 2
 
 
@@ -170,12 +173,12 @@ def test_loaders_are_built_once_per_training_with_persistent_workers(tmp_path, m
     not one per epoch and per validation, and that both keep their workers alive."""
     built = []
 
-    class CountingLoader(training.DataLoader):
+    class CountingLoader(data.DataLoader):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             built.append(self)
 
-    monkeypatch.setattr(training, "DataLoader", CountingLoader)
+    monkeypatch.setattr(data, "DataLoader", CountingLoader)
     train, val = _augmented()
     opts = training.TrainOptions.from_dict(
         {**TINY, "epochs": 3, "num_workers": 1, "bn_recalibration": 1}
