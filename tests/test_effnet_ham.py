@@ -321,16 +321,16 @@ def test_augmentation_runs_where_the_config_says(task3, tmp_path, monkeypatch, a
     which ran."""
     import torch
 
-    from melrepro.methods import training
+    from melrepro.methods.training import loop
 
     calls = []
-    original = training.augment_on_device
+    original = loop.augment_on_device
 
     def counting(x, transform):
         calls.append(x.dtype)
         return original(x, transform)
 
-    monkeypatch.setattr(training, "augment_on_device", counting)
+    monkeypatch.setattr(loop, "augment_on_device", counting)
     out = tmp_path / "out"
     info = _train_baseline2(task3, tmp_path, out, overrides={"epochs": 1}, augment_on=augment_on)
     expected = "loader" if augment_on == "auto" else "device"
