@@ -33,7 +33,7 @@ def _effnet_augmentation(size: int):
 
 
 def _dihedral(_size: int):
-    from melrepro.papers.gradcam_overlap import _Dihedral
+    from melrepro.papers.gradcam_overlap.datasets import _Dihedral
 
     return _Dihedral()
 

@@ -1,6 +1,6 @@
 """Rule compute_gradcam_overlap: Grad-CAM maps and Jaccard curves of one task-2 shard, one model."""
 
-from melrepro.papers.gradcam_overlap import compute_overlap
+from melrepro.papers.gradcam_overlap.evaluate import compute_overlap
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule plot_gradcam_overlap_saliency: fig02, the example image with each model's saliency map."""
 
-from melrepro.papers.gradcam_overlap import plot_saliency_example
+from melrepro.papers.gradcam_overlap.figures import plot_saliency_example
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rules plot_gradcam_overlap_thresholds_<model>: fig04/fig05, the example map at 11 thresholds."""
 
-from melrepro.papers.gradcam_overlap import plot_thresholds
+from melrepro.papers.gradcam_overlap.figures import plot_thresholds
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule tabulate_gradcam_overlap: table00-table06, test-split supplements, fig04/fig05 CSVs."""
 
-from melrepro.papers.gradcam_overlap import tabulate
+from melrepro.papers.gradcam_overlap.tables import tabulate
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule train_gradcam_overlap: one 8-class ISIC 2019 classifier (VGG16 or ResNet50) of paper 004."""
 
 from melrepro.methods.gpu_slots import claim_gpus
-from melrepro.papers.gradcam_overlap import train_classifier
+from melrepro.papers.gradcam_overlap.train import train_classifier
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -19,7 +19,16 @@ from melrepro.data.cellcounts import (
 )
 from melrepro.data.splits import class_floor_split, make_split
 from melrepro.methods import saliency, training
-from melrepro.papers import gradcam_overlap as go
+from melrepro.papers.gradcam_overlap import CLASSES, THRESHOLDS
+from melrepro.papers.gradcam_overlap.datasets import class_weights, join_task2
+from melrepro.papers.gradcam_overlap.evaluate import (
+    best_threshold,
+    class_metrics,
+    jaccard_stats,
+    mann_whitney,
+    overlap_tables,
+)
+from melrepro.papers.gradcam_overlap.train import load_options
 
 #: ISIC 2019 training images per class (the real ground truth CSV; UNK has none).
 REAL_2019 = {
@@ -95,12 +104,12 @@ def test_join_strips_downsampled_and_names_missing_images():
         }
     )
     s19 = pd.DataFrame({"image_id": m19["image_id"], "split": ["train", "test", "val"]})
-    joined = go.join_task2(t2, m19, s19)
+    joined = join_task2(t2, m19, s19)
     assert joined["isic2019_id"].tolist() == ["ISIC_0000001_downsampled", "ISIC_0000002"]
     assert joined["label"].tolist() == ["MEL", "NV"]
     assert joined["isic2019_split"].tolist() == ["train", "test"]
     with pytest.raises(ValueError, match="ISIC_0000003"):
-        go.join_task2(pd.concat([t2, t2.assign(image_id="ISIC_0000003")]), m19, s19)
+        join_task2(pd.concat([t2, t2.assign(image_id="ISIC_0000003")]), m19, s19)
 
 
 def test_twin_join_matches_every_task2_image(tiny_archives):
@@ -110,7 +119,7 @@ def test_twin_join_matches_every_task2_image(tiny_archives):
     t2 = index_dataset(tiny_archives / "isic2018_task2", "isic2018_task2").assign(width=1, height=1)
     m19 = index_dataset(tiny_archives / "isic2019", "isic2019")
     split = make_split(m19, "class_floor_80_10_10", seed=0)
-    joined = go.join_task2(t2, m19, split)
+    joined = join_task2(t2, m19, split)
     assert len(joined) == len(t2)
     assert set(joined["label"]) <= {"MEL", "NV", "BKL"}
     truth = pd.read_csv(tiny_archives / "isic2018_task2" / "synthetic_truth" / "truth.csv")
@@ -127,7 +136,7 @@ def test_twin_join_matches_every_task2_image(tiny_archives):
 def test_class_weights_and_keras_weighted_ce():
     """Check w_c = max f / f_c and that the loss is mean(w_y CE), not torch's weight-normalised mean."""
     labels = np.array([0] * 6 + [1] * 3 + [2] * 2)
-    w = go.class_weights(labels, 3)
+    w = class_weights(labels, 3)
     assert w == [1.0, 2.0, 3.0]
     options = training.TrainOptions(
         n_classes=3, loss="ce", class_weights=w, sampler_positive_fraction=None
@@ -141,7 +150,7 @@ def test_class_weights_and_keras_weighted_ce():
     torch_weighted = nn.functional.cross_entropy(z, y, weight=torch.tensor(w))
     assert float(loss(z, y)) != pytest.approx(float(torch_weighted), rel=1e-3)
     with pytest.raises(ValueError, match="no training images"):
-        go.class_weights(np.array([0, 0, 2]), 3)
+        class_weights(np.array([0, 0, 2]), 3)
 
 
 def test_inverse_time_decay_is_keras_per_step():
@@ -306,7 +315,7 @@ def test_cell_jaccard_equals_brute_force_upsampling(height, width, grid):
     s = rng.uniform(size=grid)
     pixels = np.outer(cell_sizes(height, grid[0]), cell_sizes(width, grid[1]))
     counts = np.stack([mask_cell_counts(m, grid) for m in masks])
-    got = saliency.cell_jaccard(s, pixels, counts, go.THRESHOLDS)
+    got = saliency.cell_jaccard(s, pixels, counts, THRESHOLDS)
     up = s[cell_index(height, grid[0])][:, cell_index(width, grid[1])]
     ref = nn.functional.interpolate(
         torch.from_numpy(s)[None, None], size=(height, width), mode="nearest"
@@ -314,7 +323,7 @@ def test_cell_jaccard_equals_brute_force_upsampling(height, width, grid):
     # torch's float index rounding differs from integer arithmetic only on exact cell borders
     assert (ref[0, 0].numpy() != up).mean() < 0.02
     for k, mask in enumerate(masks):
-        for j, t in enumerate(go.THRESHOLDS):
+        for j, t in enumerate(THRESHOLDS):
             region = (up >= t) & (t < 1.0)
             expected = (region & mask).sum() / (region | mask).sum()
             assert got[k, j] == expected
@@ -329,11 +338,11 @@ def test_map_equal_to_cell_aligned_mask_gives_jaccard_one():
     cells[2:5, 1:4] = 1.0
     mask = cells[cell_index(height, 8)][:, cell_index(width, 6)].astype(bool)
     pixels = np.outer(cell_sizes(height, 8), cell_sizes(width, 6))
-    j = saliency.cell_jaccard(cells, pixels, mask_cell_counts(mask, grid), go.THRESHOLDS)
+    j = saliency.cell_jaccard(cells, pixels, mask_cell_counts(mask, grid), THRESHOLDS)
     assert np.all(j[1:10] == 1.0)
     assert j[0] == pytest.approx(mask.mean())
     assert j[10] == 0.0
-    empty = saliency.cell_jaccard(cells, pixels, np.zeros(grid, int), go.THRESHOLDS)
+    empty = saliency.cell_jaccard(cells, pixels, np.zeros(grid, int), THRESHOLDS)
     assert np.isnan(empty).all()
 
 
@@ -378,7 +387,7 @@ def test_mann_whitney_matches_ranks_and_paper_p():
     rng = np.random.default_rng(0)
     a = np.round(rng.uniform(0, 1, 40), 1)
     b = np.round(rng.uniform(0.1, 1, 30), 1)
-    res = go.mann_whitney(a, b)
+    res = mann_whitney(a, b)
     ranks = stats.rankdata(np.concatenate([a, b]))
     u_ranks = ranks[:40].sum() - 40 * 41 / 2
     assert res["U"] == u_ranks
@@ -395,7 +404,7 @@ def test_mann_whitney_matches_ranks_and_paper_p():
     wrong = np.arange(n2, dtype=float)
     k = np.array([102] * 268 + [103] * 10, dtype=float)
     correct = np.concatenate([k + 0.5 + 1e-4 * np.arange(278), [103.0]])
-    res = go.mann_whitney(correct, wrong)
+    res = mann_whitney(correct, wrong)
     assert res["U"] == u
     assert res["p-value"] == pytest.approx(1.25e-7, rel=0.05)
     assert res["z"] > 0
@@ -446,8 +455,8 @@ def test_table00_from_constructed_predictions_reproduces_paper():
         "SCC": 0.661,
     }
     labels, preds = _paper_predictions(acc, sens)
-    table = go.class_metrics(labels, preds).set_index("Class")
-    for c in go.CLASSES:
+    table = class_metrics(labels, preds).set_index("Class")
+    for c in CLASSES:
         assert table.loc[c, "Sensitivity"] == pytest.approx(sens[c], abs=0.0015)
         assert table.loc[c, "Accuracy"] == pytest.approx(acc[c], abs=0.0015 if c != "NV" else 0.01)
     assert table.loc["All", "n"] == 2529
@@ -458,8 +467,8 @@ def test_table00_from_constructed_predictions_reproduces_paper():
 def test_best_threshold_ties_go_low_and_stats_use_ddof1():
     """Check argmax-of-mean ties pick the lowest threshold and SD is the sample SD."""
     values = np.array([[0.1, 0.3, 0.3], [0.2, 0.5, 0.5]])
-    assert go.best_threshold(values) == 1
-    s = go.jaccard_stats(values)
+    assert best_threshold(values) == 1
+    s = jaccard_stats(values)
     assert s["J-mean"] == pytest.approx(0.4)
     assert s["J-SD"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
     assert s["J-min"] == 0.3
@@ -472,7 +481,7 @@ def _oracle_table(counts: dict, labels: dict, source: dict | None = None) -> pd.
     for image_id, (pixels, masks) in counts.items():
         src_pixels, src_masks = counts[(source or {}).get(image_id, image_id)]
         oracle = src_masks[-1] / src_pixels  # the union's fraction of every cell
-        jac = saliency.cell_jaccard(oracle, pixels, masks, go.THRESHOLDS)
+        jac = saliency.cell_jaccard(oracle, pixels, masks, THRESHOLDS)
         row = {
             "image_id": image_id,
             "label": labels[image_id],
@@ -481,7 +490,7 @@ def _oracle_table(counts: dict, labels: dict, source: dict | None = None) -> pd.
         }
         for k, ch in enumerate(CHANNELS):
             row[f"has__{ch}"] = bool(masks[k].sum() > 0)
-            for j, t in enumerate(go.THRESHOLDS):
+            for j, t in enumerate(THRESHOLDS):
                 row[f"J__{ch}__{t:.1f}"] = jac[k, j]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -500,13 +509,13 @@ def test_end_to_end_oracle_saliency_on_twin(tiny_archives, tmp_path):
     out = count_cells(manifest, root, 0, grid, tmp_path / "c.npz")
     counts = read_cell_counts([out])
     labels = dict.fromkeys(counts, "MEL")
-    tables = go.overlap_tables(_oracle_table(counts, labels))
+    tables = overlap_tables(_oracle_table(counts, labels))
     union = tables["features"].loc["Union"]
     assert union["n"] == sum(1 for _, m in counts.values() if m[-1].sum() > 0) > 0
     assert union["J-mean"] >= 0.9
     ids = [i for i, (_, m) in counts.items() if m[-1].sum() > 0]
     other = dict(zip(ids, ids[1:] + ids[:1], strict=True))
-    wrong = go.overlap_tables(_oracle_table(counts, labels, other))["features"].loc["Union"]
+    wrong = overlap_tables(_oracle_table(counts, labels, other))["features"].loc["Union"]
     assert wrong["J-mean"] < 0.5 * union["J-mean"]
 
 
@@ -527,7 +536,7 @@ def test_vgg16_bn_checkpoint_reloads_from_its_metrics(tmp_path):
     )
     torch.save({"model": model.state_dict()}, tmp_path / "model.pt")
     (tmp_path / "metrics.json").write_text(json.dumps({"options": options.to_dict()}))
-    loaded = training.load_model(tmp_path / "model.pt", go.load_options(tmp_path / "metrics.json"))
+    loaded = training.load_model(tmp_path / "model.pt", load_options(tmp_path / "metrics.json"))
     assert loaded.backbone_name == "vgg16_bn"
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -1,0 +1,185 @@
+"""gradcam_overlap datasets: manifests and splits -> the classifier's frame and datasets, the
+task-2 join and the analysis set.
+
+The classifier reads the ISIC 2019 images at ``sq<image_size>`` from the image cache; its
+training set is augmented by TIML's dihedral presets (:func:`build_datasets`) and its loss
+weighted by TIML's class weights (:func:`class_weights`). The task-2 images get their ISIC 2019
+label and classifier split from :func:`join_task2`; the paper's statistics use
+:func:`analysis_set` of the per-image overlap tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melrepro.papers.gradcam_overlap import CLASSES, SPLITS
+
+__all__ = [
+    "analysis_set",
+    "build_datasets",
+    "check_image_size",
+    "class_weights",
+    "classifier_frame",
+    "join_task2",
+    "read_cache_subset",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# the classifier (ISIC 2019)
+
+
+def classifier_frame(manifest_path: str | Path, split_path: str | Path) -> pd.DataFrame:
+    """The ISIC 2019 images of :data:`CLASSES` in a split: ``image_id, label, split, y``."""
+    manifest = pd.read_parquet(manifest_path)
+    split = pd.read_parquet(split_path)[["image_id", "split"]]
+    frame = manifest[["image_id", "label"]].merge(split, on="image_id", how="inner")
+    frame = frame[frame["split"].isin(SPLITS) & frame["label"].isin(CLASSES)].reset_index(drop=True)
+    frame["image_id"] = frame["image_id"].astype(str)
+    frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
+    return frame
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> list[float]:
+    """TIML's class weights ``max_c f_c / f_c`` from the training labels (0..n_classes-1).
+
+    Raises
+    ------
+    ValueError
+        A class without training images (its weight would be infinite).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
+    if (counts == 0).any():
+        empty = [
+            CLASSES[i] if n_classes == len(CLASSES) else i for i in np.flatnonzero(counts == 0)
+        ]
+        raise ValueError(f"classes {empty} have no training images; class weights need every class")
+    return [float(counts.max() / c) for c in counts]
+
+
+def read_cache_subset(paths: Sequence[str | Path], ids: set[str]) -> dict[str, np.ndarray]:
+    """Only the ``image__<id>`` arrays of ``ids`` from image-cache shards (npz reads lazily)."""
+    out: dict[str, np.ndarray] = {}
+    for path in paths:
+        with np.load(path) as data:
+            for key in data.files:
+                if key.startswith("image__") and key.split("__", 1)[1] in ids:
+                    out[key.split("__", 1)[1]] = data[key]
+    missing = sorted(ids - set(out))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} images are not in the cache {list(paths)[:2]}..., e.g. {missing[:5]}"
+        )
+    return out
+
+
+def check_image_size(images: dict[str, np.ndarray], size: int) -> None:
+    """Raise ValueError unless every cached image is ``size`` x ``size`` (the cache's sq<size>)."""
+    bad = [i for i, im in images.items() if im.shape[:2] != (size, size)]
+    if bad:
+        raise ValueError(
+            f"cache images are not {size}x{size} (e.g. {bad[0]} is {images[bad[0]].shape[:2]}); "
+            f"read the cache at sq{size}"
+        )
+
+
+class _Dihedral:
+    """Random flip / quarter turn per draw (the default's stand-in for TIML's x8 expansion)."""
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        k = int(torch.randint(0, 8, (1,)))
+        x = torch.rot90(x, k % 4, dims=(1, 2))
+        if k >= 4:
+            x = torch.flip(x, dims=(2,))
+        return x.to(torch.float32) / 255.0
+
+
+def _dihedral8(images: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """TIML's ``hflip_rot4`` preset: every image in its 8 flips and quarter turns."""
+    out = []
+    for im in images:
+        for flip in (False, True):
+            base = im[:, ::-1] if flip else im
+            out += [np.ascontiguousarray(np.rot90(base, k)) for k in range(4)]
+    return out, np.repeat(labels, 8)
+
+
+def build_datasets(
+    frame: pd.DataFrame, images: dict[str, np.ndarray], augment: str
+) -> dict[str, Any]:
+    """Split -> ``ArrayDataset`` of ``frame``'s images, augmented as ``augment`` says.
+
+    ``dihedral8`` expands train and val eightfold, ``random_dihedral`` draws one flip / quarter
+    turn per training item, ``none`` leaves the images as they are.
+    """
+    from melrepro.methods import training
+
+    out = {}
+    for split in SPLITS:
+        rows = frame[frame["split"] == split]
+        stack = [images[i] for i in rows["image_id"]]
+        y = rows["y"].to_numpy()
+        transform = None
+        if augment == "dihedral8" and split in ("train", "val"):
+            stack, y = _dihedral8(stack, y)
+        elif augment == "random_dihedral" and split == "train":
+            transform = _Dihedral()
+        out[split] = training.ArrayDataset(stack, y, transform)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the task-2 images
+
+
+def join_task2(
+    task2_manifest: str | Path | pd.DataFrame,
+    isic2019_manifest: str | Path | pd.DataFrame,
+    isic2019_split: str | Path | pd.DataFrame,
+    output: str | Path | None = None,
+) -> pd.DataFrame:
+    """Every task-2 training image with its ISIC 2019 id, label and classifier split.
+
+    ISIC 2019 stores part of the images as ``<id>_downsampled``; the suffix is stripped to join.
+
+    Raises
+    ------
+    ValueError
+        Task-2 images without an ISIC 2019 row (named).
+    """
+
+    def read(x: Any) -> pd.DataFrame:
+        return x if isinstance(x, pd.DataFrame) else pd.read_parquet(x)
+
+    t2 = read(task2_manifest)
+    m19 = read(isic2019_manifest)[["image_id", "label"]].copy()
+    s19 = read(isic2019_split)[["image_id", "split"]]
+    m19 = m19.merge(s19, on="image_id", how="left")
+    m19["isic2019_id"] = m19["image_id"].astype(str)
+    m19["image_id"] = m19["isic2019_id"].str.removesuffix("_downsampled")
+    frame = t2[["image_id", "width", "height", "shard"]].copy()
+    frame["image_id"] = frame["image_id"].astype(str)
+    frame = frame.merge(m19.rename(columns={"split": "isic2019_split"}), on="image_id", how="left")
+    missing = frame.loc[frame["isic2019_id"].isna(), "image_id"].tolist()
+    if missing:
+        raise ValueError(
+            f"{len(missing)} ISIC 2018 task-2 images have no ISIC 2019 ground-truth row "
+            f"(also tried <id>_downsampled), e.g. {missing[:5]}"
+        )
+    frame["isic2019_split"] = frame["isic2019_split"].fillna("none").astype(str)
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(output, index=False)
+    return frame
+
+
+def analysis_set(table: pd.DataFrame) -> pd.DataFrame:
+    """MEL and NV task-2 images with a non-empty union (the paper's 1,963)."""
+    return table[table["label"].isin(["MEL", "NV"]) & table["has__union"]].reset_index(drop=True)
