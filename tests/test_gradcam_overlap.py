@@ -224,7 +224,7 @@ def _classifier(backbone: str, size: int, hidden: int = 4) -> nn.Module:
 )
 def test_paper_layer_shapes(backbone, size, layer, grid, flat):
     """Check the Grad-CAM layer grids (28x28 / 8x8) and flatten widths (100,352 / 131,072) at paper sizes."""
-    from melrepro.methods.cnn_heads import keras_layer, layer_grid
+    from melrepro.methods.training.models import keras_layer, layer_grid
 
     model = _classifier(backbone, size)
     assert model.backbone_name == backbone
@@ -238,7 +238,7 @@ def test_paper_layer_shapes(backbone, size, layer, grid, flat):
 @pytest.mark.parametrize(("backbone", "index", "n_bn"), [("vgg16", 29, 0), ("vgg16_bn", 42, 13)])
 def test_block5_conv3_is_the_relu_after_the_last_convolution(backbone, index, n_bn):
     """Check block5_conv3 is the ReLU after the 13th convolution (and its batch norm), before the last pool."""
-    from melrepro.methods.cnn_heads import keras_layer
+    from melrepro.methods.training.models import keras_layer
 
     model = _classifier(backbone, 64)
     features = list(model.backbone.features)

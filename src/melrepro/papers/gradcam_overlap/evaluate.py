@@ -127,7 +127,7 @@ def compute_overlap(
     import torch
 
     from melrepro.data.cellcounts import read_cell_counts
-    from melrepro.methods import cnn_heads, training
+    from melrepro.methods import training
 
     if threads:
         torch.set_num_threads(threads)
@@ -135,7 +135,7 @@ def compute_overlap(
     rows = join[join["shard"] == shard].reset_index(drop=True)
     options = load_options(metrics_path)
     model = training.load_model(model_path, options)
-    target = cnn_heads.keras_layer(model, layer)
+    target = training.keras_layer(model, layer)
     images = read_cache_subset(cache_paths, set(rows["isic2019_id"]))
     maps, classes, constant = _gradcam_maps(model, target, rows, images, grid, batch_size)
     if maps.shape[1:] != tuple(grid):
