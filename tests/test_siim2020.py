@@ -356,3 +356,21 @@ def test_jpeg_round_trip_keeps_brightness():
     assert not np.array_equal(out, image)
     assert abs(float(out.mean()) - float(image.mean())) < 2
     assert SITES_2020[0] == "head/neck"
+
+
+def test_the_package_imports_without_torch():
+    """Check every siim2020 module imports without torch (table and figure jobs start without
+    it; torch is imported inside the functions that need it)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from melrepro.papers.siim2020 import datasets, evaluate, figures, images, names, tables"
+        ", train\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    src = str(Path(datasets.__file__).parents[3])  # this checkout's sources, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
