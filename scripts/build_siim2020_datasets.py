@@ -1,6 +1,6 @@
 """Rule build_siim2020_datasets: cleaning, split, All/Small/3aug/5aug and evaluation set of one protocol."""
 
-from melrepro.papers.siim2020 import write_datasets
+from melrepro.papers.siim2020.datasets import write_datasets
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule plot_siim2020_data: fig02 (colour swatches), fig03/fig04 (extremes), fig13 (age violins)."""
 
-from melrepro.papers.siim2020 import plot_age_violins, plot_colour_swatches, plot_extremes
+from melrepro.papers.siim2020.figures import plot_age_violins, plot_colour_swatches, plot_extremes
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule plot_siim2020_examples: fig11 (true positives) / fig12 (false negatives) of Base Small."""
 
-from melrepro.papers.siim2020 import plot_examples
+from melrepro.papers.siim2020.figures import plot_examples
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

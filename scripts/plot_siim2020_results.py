@@ -1,13 +1,7 @@
 """Rules plot_siim2020_{loss,roc,confusion}: loss panels, ROC curves, confusion matrices."""
 
-from melrepro.papers.siim2020 import (
-    DATASET_LABELS,
-    DATASETS,
-    MODEL_LABELS,
-    plot_confusions,
-    plot_loss_panels,
-    plot_roc,
-)
+from melrepro.papers.siim2020.figures import plot_confusions, plot_loss_panels, plot_roc
+from melrepro.papers.siim2020.names import DATASET_LABELS, DATASETS, MODEL_LABELS
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

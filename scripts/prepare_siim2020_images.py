@@ -1,6 +1,6 @@
 """Rule prepare_siim2020_images: one JPEG q60 round trip of a cache shard, and its brightness."""
 
-from melrepro.papers.siim2020 import prepare_images
+from melrepro.papers.siim2020.images import prepare_images
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

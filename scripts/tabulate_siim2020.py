@@ -1,6 +1,6 @@
 """Rule tabulate_siim2020: table01 (every training at its threshold) and table02 (dataset counts)."""
 
-from melrepro.papers.siim2020 import tabulate_table01, tabulate_table02
+from melrepro.papers.siim2020.tables import tabulate_table01, tabulate_table02
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule train_siim2020: train one (protocol, model, dataset), threshold on the evaluation set."""
 
 from melrepro.methods.gpu_slots import claim_gpus
-from melrepro.papers.siim2020 import train_model_on
+from melrepro.papers.siim2020.train import train_model_on
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

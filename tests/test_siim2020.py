@@ -19,7 +19,7 @@ from melrepro.methods.metadata_models import (
     encode_metadata,
     metadata_columns,
 )
-from melrepro.papers import siim2020
+from melrepro.papers.siim2020 import datasets, evaluate, images, names
 
 SEED = 3
 
@@ -57,7 +57,7 @@ def brightness(manifest) -> pd.DataFrame:
 
 def _datasets(manifest, brightness, protocol="patient", **kw):
     split = make_split(manifest, "patient_85_15", seed=SEED)
-    return siim2020.build_datasets(manifest, split, brightness, protocol=protocol, seed=SEED, **kw)
+    return datasets.build_datasets(manifest, split, brightness, protocol=protocol, seed=SEED, **kw)
 
 
 def test_cleaning_counts_match_the_raw_csvs(twin, manifest):
@@ -68,7 +68,7 @@ def test_cleaning_counts_match_the_raw_csvs(twin, manifest):
     kept = gt[~gt["image_name"].isin(dup["image_name_2"])]
     cols = ["sex", "age_approx", "anatom_site_general_challenge"]
     expected = kept.dropna(subset=cols)
-    clean, test, counts = siim2020.clean_training(manifest)
+    clean, test, counts = datasets.clean_training(manifest)
     assert counts["duplicates_removed"] == len(dup) == 4
     assert counts["missing_removed"] == len(kept) - len(expected) > 0
     assert sorted(clean["image_id"]) == sorted(expected["image_name"])
@@ -82,9 +82,9 @@ def test_patient_protocol_datasets(manifest, brightness):
     """Check patients are disjoint, leakage 0, Small = melanomas + 2 own benign rows per patient,
     and the augmented sets hold (k + 1) x Small rows with copy 0 the originals."""
     rows, counts = _datasets(manifest, brightness)
-    clean, _, _ = siim2020.clean_training(manifest)
+    clean, _, _ = datasets.clean_training(manifest)
     by_id = clean.set_index("image_id")
-    for name in siim2020.DATASETS:
+    for name in names.DATASETS:
         part = rows[rows["dataset"] == name]
         train_p = set(part.loc[part["role"] == "train", "patient_id"])
         for role in ("val", "eval"):
@@ -108,7 +108,7 @@ def test_patient_protocol_datasets(manifest, brightness):
     # one evaluation set for every dataset under the patient split
     evals = [
         set(rows.loc[(rows["dataset"] == n) & (rows["role"] == "eval"), "image_id"])
-        for n in siim2020.DATASETS
+        for n in names.DATASETS
     ]
     assert all(e == evals[0] for e in evals)
 
@@ -129,12 +129,12 @@ def test_author_code_protocol_removes_training_images_from_evaluation(manifest, 
     rows, counts = _datasets(
         manifest, brightness, protocol="author_code", author_code={"small_val_patients": 6}
     )
-    clean, _, _ = siim2020.clean_training(manifest)
+    clean, _, _ = datasets.clean_training(manifest)
     all_val = rows[(rows["dataset"] == "all") & (rows["role"] == "val")]
     assert len(all_val) == len(clean) - round(0.8 * len(clean))
     ordered = clean.sort_values(["patient_id", "image_id"])["image_id"]
     assert list(all_val["image_id"]) == list(ordered.iloc[round(0.8 * len(clean)) :])
-    for name in siim2020.DATASETS:
+    for name in names.DATASETS:
         part = rows[rows["dataset"] == name]
         train = set(part.loc[part["role"] == "train", "image_id"])
         ev = set(part.loc[part["role"] == "eval", "image_id"])
@@ -150,11 +150,11 @@ def test_augmented_copies_are_deterministic():
     from other copies and other seeds, with shape and dtype kept."""
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    assert siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=0) is image
-    a = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=2)
-    b = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=2)
-    c = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=3)
-    d = siim2020.augment_copy(image, seed=2, image_id="ISIC_1", copy=2)
+    assert images.augment_copy(image, seed=1, image_id="ISIC_1", copy=0) is image
+    a = images.augment_copy(image, seed=1, image_id="ISIC_1", copy=2)
+    b = images.augment_copy(image, seed=1, image_id="ISIC_1", copy=2)
+    c = images.augment_copy(image, seed=1, image_id="ISIC_1", copy=3)
+    d = images.augment_copy(image, seed=2, image_id="ISIC_1", copy=2)
     assert a.shape == image.shape
     assert a.dtype == np.uint8
     assert np.array_equal(a, b)
@@ -164,7 +164,7 @@ def test_augmented_copies_are_deterministic():
     torch.manual_seed(0)
     before = torch.rand(1)
     torch.manual_seed(0)
-    siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
+    images.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
     assert torch.rand(1) == before  # the global RNG is left alone
 
 
@@ -249,9 +249,9 @@ def test_augment_parameters_reach_the_cached_pipeline():
         "brightness_limit": 0.0,
         "contrast_limit": 0.0,
     }
-    first = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
-    same = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1, params=off)
-    again = siim2020.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
+    first = images.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
+    same = images.augment_copy(image, seed=1, image_id="ISIC_1", copy=1, params=off)
+    again = images.augment_copy(image, seed=1, image_id="ISIC_1", copy=1)
     assert np.array_equal(same, image)
     assert not np.array_equal(first, image)
     assert np.array_equal(first, again)
@@ -263,12 +263,12 @@ def test_model_factory_trains_and_reloads(tmp_path):
     from melrepro.methods import training
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    arrays = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
     labels = np.array([0, 1] * 6)
     meta = encode_metadata(
         pd.DataFrame({"age": 40 + 20 * labels, "sex": ["male"] * 12, "site": ["torso"] * 12})
     )
-    ds = training.ArrayDataset(images, labels, metadata=meta)
+    ds = training.ArrayDataset(arrays, labels, metadata=meta)
     options = training.TrainOptions(
         backbone="resnet18",
         loss="bce",
@@ -306,17 +306,17 @@ def test_threshold_rule_against_a_hand_computation():
     s = np.r_[pos, neg]
     # t = 0.4: TP 8, FP 5 (0.88 .. 0.45) -> F1 16/23; t = 0.3: TP 9, FP 6 -> F1 18/25 = 0.72
     # (TPR 0.8 and 0.9; the larger F1 wins: 0.72 > 0.6957).
-    t, rule = siim2020.choose_threshold(y, s, (0.8, 0.9))
+    t, rule = evaluate.choose_threshold(y, s, (0.8, 0.9))
     assert t == pytest.approx(0.3)
     assert rule.startswith("F1-max")
-    scores = siim2020.evaluate_at(y, s, t)
+    scores = evaluate.evaluate_at(y, s, t)
     assert scores["f1"] == pytest.approx(18 / 25)
     assert scores["recall"] == pytest.approx(0.9)
     # 3 positives: TPRs 1/3, 2/3, 1 -> none in [0.8, 0.9]; the smallest TPR >= 0.8 is 1.0,
     # reached first at the lowest positive score.
     y3 = np.array([1, 1, 1, 0, 0, 0])
     s3 = np.array([0.9, 0.6, 0.2, 0.7, 0.3, 0.1])
-    t3, rule3 = siim2020.choose_threshold(y3, s3, (0.8, 0.9))
+    t3, rule3 = evaluate.choose_threshold(y3, s3, (0.8, 0.9))
     assert t3 == pytest.approx(0.2)
     assert "none in band" in rule3
 
@@ -334,7 +334,7 @@ def test_submission_one_row_per_test_image_in_metadata_order(twin, manifest, tmp
     path = tmp_path / "p.parquet"
     preds.to_parquet(path)
     out = tmp_path / "submission.csv"
-    siim2020.write_submission(path, twin / "ISIC_2020_Test_Metadata.csv", out)
+    evaluate.write_submission(path, twin / "ISIC_2020_Test_Metadata.csv", out)
     sub = pd.read_csv(out)
     meta = pd.read_csv(twin / "ISIC_2020_Test_Metadata.csv")
     assert list(sub.columns) == ["image_name", "target"]
@@ -344,15 +344,33 @@ def test_submission_one_row_per_test_image_in_metadata_order(twin, manifest, tmp
     )
     preds.iloc[1:].to_parquet(path)
     with pytest.raises(ValueError, match="without prediction"):
-        siim2020.write_submission(path, twin / "ISIC_2020_Test_Metadata.csv", out)
+        evaluate.write_submission(path, twin / "ISIC_2020_Test_Metadata.csv", out)
 
 
 def test_jpeg_round_trip_keeps_brightness():
     """Check the q60 round trip changes pixels but keeps the brightness within 2 levels."""
     rng = np.random.default_rng(0)
     image = np.clip(rng.normal(120, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
-    out = siim2020.jpeg_round_trip(image, 60)
+    out = images.jpeg_round_trip(image, 60)
     assert out.shape == image.shape
     assert not np.array_equal(out, image)
     assert abs(float(out.mean()) - float(image.mean())) < 2
     assert SITES_2020[0] == "head/neck"
+
+
+def test_the_package_imports_without_torch():
+    """Check every siim2020 module imports without torch (table and figure jobs start without
+    it; torch is imported inside the functions that need it)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from melrepro.papers.siim2020 import datasets, evaluate, figures, images, names, tables"
+        ", train\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    src = str(Path(datasets.__file__).parents[3])  # this checkout's sources, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
