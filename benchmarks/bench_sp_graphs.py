@@ -35,7 +35,11 @@ from melrepro.methods.graph_weights import (
     prune_weakest,
     standardize_signals,
 )
-from melrepro.papers.sp_graphs import ExtractionSettings, extract_features_shard, image_features
+from melrepro.papers.sp_graphs.features import (
+    ExtractionSettings,
+    extract_features_shard,
+    image_features,
+)
 
 
 def _best(fn, repeat: int = 3) -> float:

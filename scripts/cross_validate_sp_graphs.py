@@ -1,6 +1,6 @@
 """Rule cross_validate_sp_graphs: stratified k-fold CV of the seven classifiers for one table."""
 
-from melrepro.papers.sp_graphs import cross_validate_table
+from melrepro.papers.sp_graphs.evaluate import cross_validate_table
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule extract_sp_graphs_features: every feature block of the images of one cache shard."""
 
-from melrepro.papers.sp_graphs import extract_features_shard
+from melrepro.papers.sp_graphs.features import extract_features_shard
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule plot_sp_graphs_examples: figures 1-3 (samples, one image's graphs, superpixel levels)."""
 
-from melrepro.papers.sp_graphs import plot_examples
+from melrepro.papers.sp_graphs.figures import plot_examples
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from melrepro.papers.sp_graphs import write_tables
+from melrepro.papers.sp_graphs.tables import write_tables
 from melrepro.report.logs import log_to_file
 from melrepro.report.runinfo import write_run_info
 

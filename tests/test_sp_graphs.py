@@ -9,20 +9,17 @@ import pandas as pd
 import pytest
 
 from melrepro.methods.conventional_features import N_CONVENTIONAL, conventional_features
-from melrepro.papers.sp_graphs import (
-    TABLES,
+from melrepro.papers.sp_graphs.evaluate import cross_validate_table, table_feature_sets
+from melrepro.papers.sp_graphs.features import (
     ExtractionSettings,
-    cross_validate_table,
     extract_features_shard,
     image_features,
     lesion_box,
     load_features,
-    plot_examples,
-    plot_results,
-    table_feature_sets,
-    variant_key,
-    write_tables,
 )
+from melrepro.papers.sp_graphs.figures import plot_examples, plot_results
+from melrepro.papers.sp_graphs.tables import write_tables
+from melrepro.papers.sp_graphs.variants import TABLES, variant_key
 from melrepro.report.scorecard import lookup
 
 PAPER_VALUES = Path(__file__).parents[1] / "config" / "paper_values" / "sp_graphs.csv"

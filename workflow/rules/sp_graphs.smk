@@ -4,7 +4,8 @@
 #   features --cross_validate_sp_graphs--> cv/<table>_{metrics,selection}.parquet (one job per table)
 #   cv --tabulate_sp_graphs / plot_sp_graphs_results--> tables/table01-12, figures/fig05-06
 #   cache --plot_sp_graphs_examples--> figures/fig01-03; fig04 is the shared rule graph (report.smk)
-# Every rule uses envs/classical.yaml: melrepro.papers.sp_graphs imports scikit-image and scikit-learn.
+# Every rule uses envs/classical.yaml: melrepro.papers.sp_graphs (features, evaluate, tables,
+# figures) imports scikit-image and scikit-learn.
 
 SP_GRAPHS = config.get("sp_graphs", {})
 SP_GRAPHS_OUT = "results/sp_graphs"
