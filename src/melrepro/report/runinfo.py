@@ -133,3 +133,19 @@ def write_run_info(directory: str | Path, **info: Any) -> Path:
     tmp.replace(path)
     logger.info("wrote %s", path)
     return path
+
+
+def write_training_run_info(
+    metrics_path: str | Path, result: Any, *, data_source: str, config: Any, seed: int
+) -> Path:
+    """``run_info.json`` beside a training's ``metrics.json``: the weights, device and resumed
+    epoch come from ``result`` (the training core's ``TrainResult``)."""
+    return write_run_info(
+        Path(metrics_path).parent,
+        data_source=data_source,
+        config=config,
+        seed=seed,
+        weights=result.weights,
+        device=result.device,
+        resumed_from_epoch=result.resumed_from_epoch,
+    )

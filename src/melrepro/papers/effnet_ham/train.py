@@ -6,7 +6,6 @@ Baseline 1, Baseline 2 and the three experiments of §4.3 are configurations of
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -123,10 +122,7 @@ def _write_outputs(
     )
     preds["prediction"] = (preds["probability"] >= threshold).astype(int)
     preds["prediction_spec95"] = (preds["probability"] >= threshold95).astype(int)
-    Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
-    preds.to_parquet(predictions_path, index=False)
-    training.export_best(checkpoint_dir, model_path)
-    info = {
+    metrics = {
         "variant": variant,
         "threshold": threshold,
         "threshold_spec95": threshold95,
@@ -136,20 +132,22 @@ def _write_outputs(
         "intervals": evaluation.intervals,
         "n_bootstrap": n_bootstrap,
         "probability_sd": evaluation.probability_sd,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "train_seconds": float(result.history["seconds"].sum()),
         "image_size": pre["image_size"],
         "n_images": frame.groupby("split").size().to_dict(),
         "n_malignant": frame.groupby("split")["target"].sum().astype(int).to_dict(),
-        "device": result.device,
         "augmentation": data.augmentation,
-        "weights": result.weights,
-        "options": options.to_dict(),
         "preprocessing": pre,
     }
-    Path(metrics_path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-    return info
+    return training.write_run_outputs(
+        result,
+        options,
+        preds,
+        predictions_path=predictions_path,
+        checkpoint_dir=checkpoint_dir,
+        model_path=model_path,
+        metrics_path=metrics_path,
+        metrics=metrics,
+    )
 
 
 def _write_run_info(
@@ -163,20 +161,15 @@ def _write_run_info(
     seed: int,
 ) -> None:
     """``run_info.json`` beside ``metrics.json``."""
-    from melrepro.report.runinfo import write_run_info
+    from melrepro.report.runinfo import write_training_run_info
 
-    write_run_info(
-        Path(metrics_path).parent,
-        data_source=run_info["data_source"],
-        config={
-            "recipe": dict(recipe),
-            "overrides": dict(overrides or {}),
-            "malignant_labels": list(malignant_labels),
-        },
-        seed=seed,
-        weights=result.weights,
-        device=result.device,
-        resumed_from_epoch=result.resumed_from_epoch,
+    config = {
+        "recipe": dict(recipe),
+        "overrides": dict(overrides or {}),
+        "malignant_labels": list(malignant_labels),
+    }
+    write_training_run_info(
+        metrics_path, result, data_source=run_info["data_source"], config=config, seed=seed
     )
 
 

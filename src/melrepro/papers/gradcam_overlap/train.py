@@ -106,16 +106,10 @@ def _write_results(
     """
     from melrepro.methods import training
 
-    Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
-    preds.to_parquet(predictions_path, index=False)
-    training.export_best(checkpoint_dir, model_path)
     test = preds[preds["split"] == "test"]
-    info = {
+    metrics = {
         "model": model_key,
-        "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_score,
-        "epochs_run": len(result.history),
-        "train_seconds": float(result.history["seconds"].sum()),
         "test_accuracy": float((test["prediction"] == test["label"]).mean()),
         "n_predicted_classes": int(test["prediction"].nunique()),
         # across test images, averaged over the classes: near 0 for a constant (degenerate) model
@@ -123,12 +117,17 @@ def _write_results(
         "n_images": frame.groupby("split").size().to_dict(),
         "class_weights": weights,
         "augment": augment,
-        "device": result.device,
-        "weights": result.weights,
-        "options": options.to_dict(),
     }
-    Path(metrics_path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-    return info
+    return training.write_run_outputs(
+        result,
+        options,
+        preds,
+        predictions_path=predictions_path,
+        checkpoint_dir=checkpoint_dir,
+        model_path=model_path,
+        metrics_path=metrics_path,
+        metrics=metrics,
+    )
 
 
 def train_classifier(
@@ -205,16 +204,14 @@ def train_classifier(
         predictions_path=predictions_path,
         metrics_path=metrics_path,
     )
-    from melrepro.report.runinfo import write_run_info
+    from melrepro.report.runinfo import write_training_run_info
 
-    write_run_info(
-        Path(metrics_path).parent,
+    write_training_run_info(
+        metrics_path,
+        result,
         data_source=run_info["data_source"],
         config=dict(settings) | {"augment": augment, "class_weighting": weighting},
         seed=options.seed,
-        weights=result.weights,
-        device=result.device,
-        resumed_from_epoch=result.resumed_from_epoch,
     )
     return info
 

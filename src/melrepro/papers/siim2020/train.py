@@ -189,11 +189,10 @@ def _metrics_info(
     sets: _Sets,
     brightness_threshold: float,
     routing: Mapping[str, int],
-    result: training.TrainResult,
-    options: training.TrainOptions,
     head: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The content of metrics.json (one table01 row and its bookkeeping)."""
+    """The paper's part of metrics.json (one table01 row and its bookkeeping); the training core
+    adds the run's own keys (best epoch, seconds, device, weights, options)."""
     return {
         "protocol": protocol,
         "model": model,
@@ -209,13 +208,7 @@ def _metrics_info(
         "n_eval_melanomas": int(sets.eval_rows["target"].to_numpy().sum()),
         "brightness_threshold": brightness_threshold,
         "routing_eval": routing,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "train_seconds": float(result.history["seconds"].sum()),
         "image_size": int(next(iter(sets.images.values())).shape[0]),
-        "device": result.device,
-        "weights": result.weights,
-        "options": options.to_dict(),
         "head": dict(head),
     }
 
@@ -225,15 +218,17 @@ def _write_outputs(
     p_eval: np.ndarray,
     p_test: np.ndarray,
     threshold: float,
-    info: Mapping[str, Any],
+    metrics: Mapping[str, Any],
     *,
+    result: training.TrainResult,
+    options: training.TrainOptions,
     checkpoint_dir: str | Path,
     model_path: str | Path,
     predictions_path: str | Path,
     metrics_path: str | Path,
-) -> None:
+) -> dict[str, Any]:
     """Write predictions.parquet (evaluation and test rows, thresholded), the best weights to
-    ``model_path`` and metrics.json."""
+    ``model_path`` and metrics.json (the core's shared tail); return the metrics written."""
     from melrepro.methods import training
 
     preds = pd.concat(
@@ -248,10 +243,16 @@ def _write_outputs(
         ignore_index=True,
     )
     preds["prediction"] = (preds["probability"] >= threshold).astype(int)
-    Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
-    preds.to_parquet(predictions_path, index=False)
-    training.export_best(checkpoint_dir, model_path)
-    Path(metrics_path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    return training.write_run_outputs(
+        result,
+        options,
+        preds,
+        predictions_path=predictions_path,
+        checkpoint_dir=checkpoint_dir,
+        model_path=model_path,
+        metrics_path=metrics_path,
+        metrics=metrics,
+    )
 
 
 def _train_options(
@@ -316,16 +317,10 @@ def _write_run_info(
     result: training.TrainResult,
 ) -> None:
     """run_info.json next to metrics.json: data source, config, seed, weights, device, resume."""
-    from melrepro.report.runinfo import write_run_info
+    from melrepro.report.runinfo import write_training_run_info
 
-    write_run_info(
-        Path(metrics_path).parent,
-        data_source=run_info["data_source"],
-        config=config,
-        seed=seed,
-        weights=result.weights,
-        device=result.device,
-        resumed_from_epoch=result.resumed_from_epoch,
+    write_training_run_info(
+        metrics_path, result, data_source=run_info["data_source"], config=config, seed=seed
     )
 
 
@@ -411,7 +406,7 @@ def train_model_on(
         sets, p_val, p_eval, tpr_range, dataset
     )
     routing = _expert_routing(result.model, sets.eval, model, torch.device(result.device))
-    info = _metrics_info(
+    metrics = _metrics_info(
         protocol=protocol,
         model=model,
         dataset=dataset,
@@ -422,16 +417,16 @@ def train_model_on(
         sets=sets,
         brightness_threshold=threshold_b,
         routing=routing,
-        result=result,
-        options=options,
         head=head,
     )
-    _write_outputs(
+    info = _write_outputs(
         sets,
         p_eval,
         p_test,
         threshold,
-        info,
+        metrics,
+        result=result,
+        options=options,
         checkpoint_dir=checkpoint_dir,
         model_path=model_path,
         predictions_path=predictions_path,
