@@ -201,7 +201,8 @@ def _extraction_images(n: int, height: int = 767, width: int = 1022) -> list[np.
 
 def bench_extraction(images: int, device: str | None = None) -> None:
     """Blocks/s of DR rotation + dihedral view + block cutting + ResNet18, both data paths."""
-    from melrepro.papers import gcn_mil
+    from melrepro.papers.gcn_mil.features import _autocast, _bag_views, _feature_device_path
+    from melrepro.papers.gcn_mil.options import BagOptions
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if device:
@@ -222,16 +223,14 @@ def bench_extraction(images: int, device: str | None = None) -> None:
                 encoder = encoder.to(memory_format=torch.channels_last)
             rates = {}
             for path in ("cpu", "device"):
-                options = gcn_mil.BagOptions(
-                    data_path=path, batch_size=256 if dev.type == "cuda" else 64
-                )
-                on_device = gcn_mil._feature_device_path(options, dev)
+                options = BagOptions(data_path=path, batch_size=256 if dev.type == "cuda" else 64)
+                on_device = _feature_device_path(options, dev)
                 n, started = 0, time.perf_counter()
                 for image in pics:
-                    for _, _, oriented in gcn_mil._bag_views(image, angles, views, on_device, dev):
+                    for _, _, oriented in _bag_views(image, angles, views, on_device, dev):
                         hw = tuple(oriented.shape[-2:] if on_device else oriented.shape[:2])
                         coords = mil.block_grid(*hw, block_size=k, stride=stride)
-                        with torch.inference_mode(), gcn_mil._autocast(options, dev):
+                        with torch.inference_mode(), _autocast(options, dev):
                             if on_device:
                                 batches = mil.tensor_block_batches(
                                     oriented, coords, k, options.batch_size
@@ -278,7 +277,9 @@ def _stage(name: str, root: str, queue) -> None:
     """Run one stage in this fresh process and report its peak anonymous and total RSS."""
     import logging
 
-    from melrepro.papers import gcn_mil
+    from melrepro.papers.gcn_mil.evaluate import evaluate_gcn_mil
+    from melrepro.papers.gcn_mil.features import extract_gcn_mil_features
+    from melrepro.papers.gcn_mil.train import train_gcn_mil
 
     logging.disable(logging.INFO)
     torch.set_num_threads(1)
@@ -298,20 +299,20 @@ def _stage(name: str, root: str, queue) -> None:
         mil.BlockEncoder.forward = lambda self, blocks, channels_first=False: (
             blocks.float().mean(dim=(2, 3) if channels_first else (1, 2)) @ projection
         )
-        gcn_mil.extract_gcn_mil_features(
+        extract_gcn_mil_features(
             root_path / "cache/shard-000.npz", root_path / "manifest.parquet", root_path / "split.parquet",
             root_path / "extract/f.pt", root_path / "extract/f_zero.pt",
             bags=json.loads((root_path / "bags.json").read_text()), device="cpu",
         )  # fmt: skip
     elif name == "train":
-        gcn_mil.train_gcn_mil(
+        train_gcn_mil(
             shards, root_path / "m.pt", root_path / "h.tsv", root_path / "ck", model=model,
             train={"epochs": 1, "lr": 1e-3, "batch_size": 4}, adjacency="stride", device="cpu",
         )  # fmt: skip
     elif name == "evaluate":
         caches = sorted(str(p) for p in root_path.glob("cache/shard-*.npz"))
         out = [root_path / f"eval/{n}" for n in ("p.csv", "s.csv", "m.json", "a.npz")]
-        gcn_mil.evaluate_gcn_mil(root_path / "m.pt", zero, caches, *out, device="cpu")
+        evaluate_gcn_mil(root_path / "m.pt", zero, caches, *out, device="cpu")
     stop.set()
     watcher.join()
     queue.put(peak)
@@ -337,7 +338,7 @@ def _write_bench_set(root: Path, n_bags: int, blocks: int, seed: int = 0) -> dic
     import torch
 
     from melrepro.methods.mil import CLASSES
-    from melrepro.papers import gcn_mil
+    from melrepro.papers.gcn_mil.features import FEATURE_FORMAT
 
     side = int(np.sqrt(blocks)) * 8
     rng = np.random.default_rng(seed)
@@ -359,7 +360,7 @@ def _write_bench_set(root: Path, n_bags: int, blocks: int, seed: int = 0) -> dic
     frame[["image_id", "split"]].to_parquet(root / "split.parquet")
     coords = torch.from_numpy(mil.block_grid(side, side, block_size=8, stride=8).astype(np.int32))
     key = (side, side, 8, 8)
-    header = {"format": gcn_mil.FEATURE_FORMAT, "options": {}, "weights": "random-init"}
+    header = {"format": FEATURE_FORMAT, "options": {}, "weights": "random-init"}
     total = 0
     (root / "features").mkdir(exist_ok=True)
     for k in range(2):

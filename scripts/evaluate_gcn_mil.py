@@ -1,7 +1,7 @@
 """Rule evaluate_gcn_mil: test metrics and Eq. 3 segmentation (eta chosen on training) of one run."""
 
 from melrepro.methods.gpu_slots import claim_gpus
-from melrepro.papers.gcn_mil import evaluate_gcn_mil
+from melrepro.papers.gcn_mil.evaluate import evaluate_gcn_mil
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule extract_gcn_mil_features: bags and frozen ResNet18 block features of one isic2017 cache shard."""
 
 from melrepro.methods.gpu_slots import claim_gpus
-from melrepro.papers.gcn_mil import extract_gcn_mil_features
+from melrepro.papers.gcn_mil.features import extract_gcn_mil_features
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

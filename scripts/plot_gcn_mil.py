@@ -1,6 +1,6 @@
 """Rule plot_gcn_mil: Figures 2-6 of the gcn_mil paper."""
 
-from melrepro.papers.gcn_mil import plot_gcn_mil
+from melrepro.papers.gcn_mil.figures import plot_gcn_mil
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

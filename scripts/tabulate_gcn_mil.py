@@ -1,6 +1,6 @@
 """Rule tabulate_gcn_mil: Tables 1-5 of the gcn_mil paper."""
 
-from melrepro.papers.gcn_mil import tabulate_gcn_mil
+from melrepro.papers.gcn_mil.tables import tabulate_gcn_mil
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule train_gcn_mil: one GCN-MIL training run on the cached bags (resumes from its checkpoint)."""
 
 from melrepro.methods.gpu_slots import claim_gpus
-from melrepro.papers.gcn_mil import train_gcn_mil
+from melrepro.papers.gcn_mil.train import train_gcn_mil
 from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -18,7 +18,13 @@ from skimage.draw import disk
 from melrepro.data.synthetic import draw
 from melrepro.data.synthetic.spec import DEFAULT_SPEC
 from melrepro.methods import mil
-from melrepro.papers import gcn_mil
+from melrepro.papers.gcn_mil.bags import BagGraphs, collate, feature_moments, load_bags
+from melrepro.papers.gcn_mil.evaluate import evaluate_gcn_mil, recognition_metrics
+from melrepro.papers.gcn_mil.features import extract_gcn_mil_features
+from melrepro.papers.gcn_mil.figures import plot_gcn_mil
+from melrepro.papers.gcn_mil.options import TrainOptions
+from melrepro.papers.gcn_mil.tables import OUR_ROW, tabulate_gcn_mil
+from melrepro.papers.gcn_mil.train import train_gcn_mil
 
 SIZE = (128, 192)
 BAGS = {
@@ -91,7 +97,7 @@ def features(dataset):
     root = dataset["root"]
     torch.set_num_threads(1)
     return [
-        gcn_mil.extract_gcn_mil_features(
+        extract_gcn_mil_features(
             cache,
             dataset["manifest"],
             dataset["split"],
@@ -118,7 +124,7 @@ def trained(dataset, features):
     paths = []
     for run in (0, 1):
         paths.append(
-            gcn_mil.train_gcn_mil(
+            train_gcn_mil(
                 features,
                 root / f"models/run-{run}.pt",
                 root / f"models/run-{run}.tsv",
@@ -140,7 +146,7 @@ def evaluated(dataset, zero_features, trained):
     out = []
     for run, model in enumerate(trained):
         names = [root / f"run-{run}_{n}" for n in ("p.csv", "sweep.csv", "m.json", "s.npz")]
-        metrics = gcn_mil.evaluate_gcn_mil(
+        metrics = evaluate_gcn_mil(
             model, zero_features, dataset["caches"], *names, device="cpu", threads=1
         )
         out.append((metrics, names))
@@ -149,14 +155,14 @@ def evaluated(dataset, zero_features, trained):
 
 def test_extract_features_makes_one_bag_per_dr_angle(dataset, features):
     """Check DR copies per class, the Eq. 4 grid, Eq. 1 edges and the feature size."""
-    bags = gcn_mil.load_bags(features)
+    bags = load_bags(features)
     frame = dataset["frame"]
     per_image = pd.Series([b["image_id"] for b in bags]).value_counts()
     for image_id, row in frame.iterrows():
         expected = 360 // BAGS["rotation_steps"][row["label"]] if row["split"] == "train" else 1
         assert per_image[image_id] == expected
     coords = mil.block_grid(*SIZE, block_size=16, stride=8)
-    graphs = gcn_mil.BagGraphs("block")
+    graphs = BagGraphs("block")
     reference = mil.block_adjacency(mil.block_centres(coords, 16), 16)
     for bag in bags:
         np.testing.assert_array_equal(bag["coords"].numpy(), coords)
@@ -165,13 +171,13 @@ def test_extract_features_makes_one_bag_per_dr_angle(dataset, features):
         np.testing.assert_array_equal(graphs(bag).numpy(), reference)
     # One grid, so one stored coordinate array and one edge list for every bag.
     for path in features:
-        assert len({id(b["coords"]) for b in gcn_mil.load_bags([path])}) == 1
+        assert len({id(b["coords"]) for b in load_bags([path])}) == 1
     assert len(graphs._edges) == 1
     for path in features:
         info = json.loads(path.with_name(f"{path.stem}_run_info.json").read_text())
         assert info["weights"] == "random-init"
         assert info["working_block_size"] == 16
-        assert info["n_bags"] == len(gcn_mil.load_bags([path]))
+        assert info["n_bags"] == len(load_bags([path]))
     assert not (features[0].parent / "run_info.json").exists()
 
 
@@ -187,18 +193,18 @@ def test_dihedral_views_are_cached_and_drawn_once_per_epoch(dataset, caplog):
     """dihedral_views=2: two bags (the image and its quarter turn) per training image × angle."""
     root = dataset["root"] / "views"
     bags = {**BAGS, "dihedral_views": 2}
-    path = gcn_mil.extract_gcn_mil_features(
+    path = extract_gcn_mil_features(
         dataset["caches"][0], dataset["manifest"], dataset["split"], root / "f.pt", bags=bags,
         seed=1, device="cpu", threads=1,
     )  # fmt: skip
-    loaded = gcn_mil.load_bags([path], splits=["train"])
+    loaded = load_bags([path], splits=["train"])
     n_groups = len({(b["image_id"], b["angle"]) for b in loaded})
     assert len(loaded) == 2 * n_groups
     assert {tuple(b["shape"]) for b in loaded if b["view"] == 1} == {SIZE[::-1]}
-    assert all(b["view"] == 0 for b in gcn_mil.load_bags([path], angle_zero_only=True))
+    assert all(b["view"] == 0 for b in load_bags([path], angle_zero_only=True))
     train = {**TRAIN, "epochs": 1}
     with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
-        gcn_mil.train_gcn_mil(
+        train_gcn_mil(
             [path], root / "m.pt", root / "h.tsv", root / "ck", model=MODEL, train=train,
             device="cpu", threads=1,
         )  # fmt: skip
@@ -253,7 +259,7 @@ def test_recognition_metrics_known_answer():
             "p_nevus": [0.1, 0.5, 0.5, 0.1],
         }
     )
-    m = gcn_mil.recognition_metrics(predictions)
+    m = recognition_metrics(predictions)
     assert m["auc"] == pytest.approx(0.75)  # melanoma scores 0.8, 0.3 vs 0.4, 0.1
     assert m["sk_auc"] == pytest.approx(1.0)
     assert m["accuracy"] == pytest.approx(0.75)
@@ -265,19 +271,15 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
     root = dataset["root"] / "resume"
     full = {**TRAIN, "epochs": 2}
     args = {"run": 0, "seed": 3, "model": MODEL, "device": "cpu", "threads": 1}
-    gcn_mil.train_gcn_mil(features, root / "a.pt", root / "a.tsv", root / "ck", train=full, **args)
+    train_gcn_mil(features, root / "a.pt", root / "a.tsv", root / "ck", train=full, **args)
     short = {**TRAIN, "epochs": 1}
-    gcn_mil.train_gcn_mil(
-        features, root / "b.pt", root / "b.tsv", root / "ck2", train=short, **args
-    )
+    train_gcn_mil(features, root / "b.pt", root / "b.tsv", root / "ck2", train=short, **args)
     with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
-        gcn_mil.train_gcn_mil(
-            features, root / "c.pt", root / "c.tsv", root / "ck2", train=full, **args
-        )
+        train_gcn_mil(features, root / "c.pt", root / "c.tsv", root / "ck2", train=full, **args)
     assert "resumed run 0" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
-        gcn_mil.train_gcn_mil(
+        train_gcn_mil(
             features,
             root / "d.pt",
             root / "d.tsv",
@@ -289,9 +291,7 @@ def test_train_resumes_from_checkpoint_to_the_same_model(dataset, features, capl
     caplog.clear()
     with caplog.at_level("INFO", logger="melrepro.papers.gcn_mil"):
         # ck holds a 2-epoch checkpoint: asking for 1 epoch retrains instead of returning it.
-        gcn_mil.train_gcn_mil(
-            features, root / "e.pt", root / "e.tsv", root / "ck", train=short, **args
-        )
+        train_gcn_mil(features, root / "e.pt", root / "e.tsv", root / "ck", train=short, **args)
     assert "past the 1 epochs asked for; retraining" in caplog.text
     assert len(pd.read_csv(root / "e.tsv", sep="\t")) == 1
     one_epoch = torch.load(root / "b.pt", weights_only=False)["model"]
@@ -309,7 +309,7 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
     from melrepro.report.tables import read_table
 
     paper_values = "config/paper_values/gcn_mil.csv"
-    gcn_mil.tabulate_gcn_mil(
+    tabulate_gcn_mil(
         dataset["manifest"],
         dataset["split"],
         # Two readings: both runs as "block", run 1 alone as "stride" (the layout is what is tested).
@@ -326,28 +326,28 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
     assert table3.loc["Test"].tolist() == [4, 4, 4]
     table5 = read_table(tables["table05"], 2)
     mean_auc = np.mean([m["auc"] for m, _ in evaluated])
-    assert table5.loc[(gcn_mil.OUR_ROW, "block"), "AUC"] == pytest.approx(mean_auc)
-    assert table5.loc[(gcn_mil.OUR_ROW, "stride"), "AUC"] == pytest.approx(evaluated[1][0]["auc"])
-    assert table5.loc[(gcn_mil.OUR_ROW, "stride"), "AUC SD"] == 0.0
+    assert table5.loc[(OUR_ROW, "block"), "AUC"] == pytest.approx(mean_auc)
+    assert table5.loc[(OUR_ROW, "stride"), "AUC"] == pytest.approx(evaluated[1][0]["auc"])
+    assert table5.loc[(OUR_ROW, "stride"), "AUC SD"] == 0.0
     assert table5.loc[("LIN [9]", "cited"), "JA"] == pytest.approx(0.753)
-    assert table5.loc[(gcn_mil.OUR_ROW, "paper"), "AUC"] == pytest.approx(0.930)
+    assert table5.loc[(OUR_ROW, "paper"), "AUC"] == pytest.approx(0.930)
     # Printed values keep the paper's digits: 0.840 (ResNet101 accuracy), 0.930 (its own AUC).
     raw = pd.read_csv(tables["table05"], dtype=str).set_index(["Models", "reading"])
     assert raw.loc[("ResNet101 [20]", "cited"), "Accuracy"] == "0.840"
-    assert raw.loc[(gcn_mil.OUR_ROW, "paper"), "AUC"] == "0.930"
+    assert raw.loc[(OUR_ROW, "paper"), "AUC"] == "0.930"
     # The scorecard finds one reproduced value per reading of Eq. 1.
     from melrepro.report.scorecard import score_paper
 
     card = score_paper(paper_values, tables["table05"].parent, data_source="synthetic")
     card5 = card[card["artifact"] == "table05"]
-    assert set(card5["row"]) == {f"{gcn_mil.OUR_ROW} / block", f"{gcn_mil.OUR_ROW} / stride"}
+    assert set(card5["row"]) == {f"{OUR_ROW} / block", f"{OUR_ROW} / stride"}
     assert card5["reproduced_value"].notna().all()
     assert read_table(tables["table02"], 1).loc["19", "out_channels"] == MODEL["hidden_channels"]
     assert len(read_table(tables["table04"], 1)) == 11
 
     figures = {f"fig{i:02d}": tmp_path / f"figures/fig{i:02d}.png" for i in range(2, 7)}
     _, (predictions, _, metrics_path, scores) = evaluated[0]
-    gcn_mil.plot_gcn_mil(
+    plot_gcn_mil(
         dataset["manifest"],
         dataset["split"],
         dataset["caches"],
@@ -369,8 +369,8 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
 def test_zero_file_holds_exactly_the_unrotated_bags(features, zero_features):
     """Evaluation and figures read only the 0-degree file: same bags, same features, nothing else."""
     for full, zero in zip(features, zero_features, strict=True):
-        expected = {b["image_id"]: b for b in gcn_mil.load_bags([full], angle_zero_only=True)}
-        got = gcn_mil.load_bags([zero])
+        expected = {b["image_id"]: b for b in load_bags([full], angle_zero_only=True)}
+        got = load_bags([zero])
         assert sorted(b["image_id"] for b in got) == sorted(expected)
         for bag in got:
             assert bag["angle"] == 0.0
@@ -386,24 +386,24 @@ def test_feature_moments_stream_equals_concatenation():
         {"features": (torch.randn(n, 7, generator=gen) * 3 + 100).to(torch.float16)}
         for n in (1, 5, 40, 2, 300)
     ]
-    mean, std = gcn_mil.feature_moments(bags)
+    mean, std = feature_moments(bags)
     stacked = torch.cat([b["features"] for b in bags]).double()
     torch.testing.assert_close(mean.double(), stacked.mean(0), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(std.double(), stacked.std(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no blocks"):
-        gcn_mil.feature_moments([])
+        feature_moments([])
 
 
 def test_lr_reading_literal_rises_and_drop_falls(dataset, features):
     """The milestone multiplies lr by lr_after/lr (literal, as the paper writes it) or divides."""
-    assert gcn_mil.TrainOptions().lr_gamma == pytest.approx(10.0)
-    assert gcn_mil.TrainOptions(lr_reading="drop").lr_gamma == pytest.approx(0.1)
+    assert TrainOptions().lr_gamma == pytest.approx(10.0)
+    assert TrainOptions(lr_reading="drop").lr_gamma == pytest.approx(0.1)
     with pytest.raises(ValueError, match="lr_reading"):
-        _ = gcn_mil.TrainOptions(lr_reading="up").lr_gamma
+        _ = TrainOptions(lr_reading="up").lr_gamma
     root = dataset["root"] / "lr"
     train = {**TRAIN, "epochs": 2, "lr": 1e-3, "lr_after": 1e-2, "lr_milestone": 1}
     for reading, second in (("literal", 1e-2), ("drop", 1e-4)):
-        gcn_mil.train_gcn_mil(
+        train_gcn_mil(
             features, root / f"{reading}.pt", root / f"{reading}.tsv", root / f"ck-{reading}",
             model=MODEL, train={**train, "lr_reading": reading}, device="cpu", threads=1,
         )  # fmt: skip
@@ -416,7 +416,7 @@ def test_diverged_training_raises_at_once_with_epoch_and_lr(dataset, features):
     root = dataset["root"] / "diverge"
     train = {**TRAIN, "epochs": 3, "lr": 1e20, "lr_after": 1e20}
     with pytest.raises(FloatingPointError, match=r"at epoch 0, step \d+ \(learning rate 1e\+20\)"):
-        gcn_mil.train_gcn_mil(
+        train_gcn_mil(
             features, root / "m.pt", root / "h.tsv", root / "ck", model=MODEL, train=train,
             device="cpu", threads=1,
         )  # fmt: skip
@@ -432,7 +432,7 @@ def test_cache_smaller_than_working_shape_is_refused(dataset, tmp_path):
     with pytest.raises(
         ValueError, match=rf"{image_id} is cached at 64x96 .* working shape is 128x192"
     ):
-        gcn_mil.extract_gcn_mil_features(
+        extract_gcn_mil_features(
             small, dataset["manifest"], dataset["split"], tmp_path / "f.pt", bags=BAGS,
             device="cpu",
         )  # fmt: skip
@@ -456,11 +456,11 @@ def test_tensor_data_path_gives_the_numpy_path_features(dataset, tmp_path):
     args = {"bags": BAGS, "seed": 1, "device": "cpu", "threads": 1}
     paths = {}
     for data_path in ("cpu", "device"):
-        paths[data_path] = gcn_mil.extract_gcn_mil_features(
+        paths[data_path] = extract_gcn_mil_features(
             shard, dataset["manifest"], dataset["split"], tmp_path / f"{data_path}.pt",
             bags={**BAGS, "data_path": data_path}, **{k: v for k, v in args.items() if k != "bags"},
         )  # fmt: skip
-    cpu, dev = (gcn_mil.load_bags([paths[k]]) for k in ("cpu", "device"))
+    cpu, dev = (load_bags([paths[k]]) for k in ("cpu", "device"))
     assert [(b["image_id"], b["angle"]) for b in cpu] == [(b["image_id"], b["angle"]) for b in dev]
     for a, b in zip(cpu, dev, strict=True):
         x, y = a["features"].float(), b["features"].float()
@@ -474,17 +474,17 @@ def test_tensor_data_path_gives_the_numpy_path_features(dataset, tmp_path):
 
 def test_collated_batch_equals_bag_by_bag_predictions(features):
     """Several bags in one batch (offset int64 edges on int32 grids) = each bag on its own."""
-    bags = gcn_mil.load_bags(features[:1], splits=["test"])[:3]
+    bags = load_bags(features[:1], splits=["test"])[:3]
     torch.manual_seed(0)
     net = mil.GCNMIL(512, 32, 8).eval()
-    graphs = gcn_mil.BagGraphs("stride")
+    graphs = BagGraphs("stride")
     dev = torch.device("cpu")
     with torch.no_grad():
-        x, edge_index, batch, y = gcn_mil._collate(bags, graphs, dev)
+        x, edge_index, batch, y = collate(bags, graphs, dev)
         assert x.dtype == torch.float32
         assert edge_index.dtype == torch.int64
         logits, alpha = net(x, edge_index, batch)
         for i, bag in enumerate(bags):
-            single, single_alpha = net(*gcn_mil._collate([bag], graphs, dev)[:3])
+            single, single_alpha = net(*collate([bag], graphs, dev)[:3])
             torch.testing.assert_close(logits[i], single[0], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(alpha[batch == i], single_alpha, rtol=1e-4, atol=1e-6)
