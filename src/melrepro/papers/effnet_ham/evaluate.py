@@ -391,7 +391,7 @@ def compute_gradcam(
 
     Notes
     -----
-    Long only by its signature and this docstring (the rule's inputs and outputs); the steps
+    Why this long: only its signature and this docstring (the rule's inputs and outputs); the steps
     are the helpers above.
     """
     import torch

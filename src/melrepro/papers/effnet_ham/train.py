@@ -233,7 +233,7 @@ def train_variant(
 
     Notes
     -----
-    Long only by its signature and this docstring (the rule's inputs and outputs); the steps
+    Why this long: only its signature and this docstring (the rule's inputs and outputs); the steps
     are the helpers above.
     """
     from melrepro.methods import training

@@ -249,8 +249,8 @@ def extract_gcn_mil_features(
 
     Training images get one bag per DR rotation angle of their class (Table 1) and dihedral
     view; validation and test images one bag (0°). The frozen backbone is built from ``seed``
-    so every shard uses the same random weights when ``pretrained`` is false. (Over 80 lines
-    for its parameters and this docstring only; the steps are the helpers above.)
+    so every shard uses the same random weights when ``pretrained`` is false. (Why this long:
+    its parameters and this docstring only; the steps are the helpers above.)
 
     Parameters
     ----------

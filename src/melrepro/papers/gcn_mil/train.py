@@ -340,7 +340,7 @@ def train_gcn_mil(
     ``checkpoint_dir/checkpoint.pt`` after every epoch; the shuffling of epoch ``e`` is seeded
     by ``(seed, run, e)``, so a resumed run follows the same path as an uninterrupted one. A
     checkpoint past the requested ``epochs`` is not used (the run is retrained from scratch).
-    (Over 80 lines for its parameters and this docstring only; the steps are the helpers above.)
+    (Why this long: its parameters and this docstring only; the steps are the helpers above.)
 
     Parameters
     ----------

@@ -147,6 +147,9 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train one ISIC 2019 classifier and predict its validation and test images.
 
+    Why this long: the signature and this docstring (the rule's inputs and outputs); the steps
+    are the helpers above.
+
     Parameters
     ----------
     manifest_path, split_path : path

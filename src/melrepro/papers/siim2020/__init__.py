@@ -29,8 +29,8 @@ Artifact index (id: module.function that writes it):
     table02          tables.tabulate_table02 (counts.json of each protocol)
     fig02            figures.plot_colour_swatches
     fig03, fig04     figures.plot_extremes (melanomas, benign)
-    fig08, 14, 15    figures.plot_loss_panels (base, sex, brightness model)
-    fig09, 16, 17    figures.plot_roc (base, brightness, sex model)
+    fig08, fig14, fig15  figures.plot_loss_panels (base, sex, brightness model)
+    fig09, fig16, fig17  figures.plot_roc (base, brightness, sex model)
     fig10            figures.plot_confusions
     fig11, fig12     figures.plot_examples (true positives, false negatives of Base Small)
     fig13            figures.plot_age_violins

@@ -349,7 +349,7 @@ def train_model_on(
     """Train one (protocol, model, dataset), choose the threshold on the evaluation set, and
     predict the evaluation and test images.
 
-    Over 80 lines only by its signature (the rule's inputs and outputs), this docstring and
+    Why this long: only its signature (the rule's inputs and outputs), this docstring and
     one-per-line keyword calls; each step is a helper of this module.
 
     Parameters
