@@ -1,5 +1,6 @@
 """Rule compute_effnet_ham_gradcam: Grad-CAM of every test image and its share outside the lesion."""
 
+from melrepro.methods.threads import job_threads
 from melrepro.papers.effnet_ham.evaluate import compute_gradcam
 from melrepro.report.logs import log_to_file
 
@@ -22,5 +23,6 @@ compute_gradcam(
     region=snakemake.params.region,
     border_width=snakemake.params.border_width,
     n_examples=snakemake.params.n_examples,
-    threads=snakemake.threads,
+    # the config's threads, not the grant: results must not depend on --cores
+    threads=job_threads(snakemake.config["effnet_ham"]["threads"], snakemake.threads),
 )

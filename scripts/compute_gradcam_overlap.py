@@ -1,5 +1,6 @@
 """Rule compute_gradcam_overlap: Grad-CAM maps and Jaccard curves of one task-2 shard, one model."""
 
+from melrepro.methods.threads import job_threads
 from melrepro.papers.gradcam_overlap.evaluate import compute_overlap
 from melrepro.report.logs import log_to_file
 
@@ -16,5 +17,6 @@ compute_overlap(
     maps_path=snakemake.output.maps,
     table_path=snakemake.output.table,
     batch_size=snakemake.params.batch_size,
-    threads=snakemake.threads,
+    # the config's threads, not the grant: results must not depend on --cores
+    threads=job_threads(snakemake.config["gradcam_overlap"]["threads"], snakemake.threads),
 )

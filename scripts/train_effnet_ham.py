@@ -1,6 +1,7 @@
 """Rule train_effnet_ham: train one table01 variant, evaluate on test (Youden on validation, 95 % specificity on test)."""
 
 from melrepro.methods.gpu_slots import claim_gpus
+from melrepro.methods.threads import job_threads
 from melrepro.papers.effnet_ham.train import train_variant
 from melrepro.report.logs import log_to_file
 
@@ -21,7 +22,8 @@ train_variant(
     predictions_path=snakemake.output.predictions,
     metrics_path=snakemake.output.metrics,
     run_info=snakemake.params.run_info,
-    threads=snakemake.threads,
+    # the config's threads, not the grant: results must not depend on --cores
+    threads=job_threads(snakemake.config["effnet_ham"]["threads"], snakemake.threads),
     num_workers=snakemake.params.loader_workers,
     n_bootstrap=snakemake.params.n_bootstrap,
     augment_on=snakemake.params.augment_on,

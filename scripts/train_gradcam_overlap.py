@@ -1,6 +1,7 @@
 """Rule train_gradcam_overlap: one 8-class ISIC 2019 classifier (VGG16 or ResNet50) of paper 004."""
 
 from melrepro.methods.gpu_slots import claim_gpus
+from melrepro.methods.threads import job_threads
 from melrepro.papers.gradcam_overlap.train import train_classifier
 from melrepro.report.logs import log_to_file
 
@@ -19,5 +20,6 @@ train_classifier(
     predictions_path=snakemake.output.predictions,
     metrics_path=snakemake.output.metrics,
     run_info=snakemake.params.run_info,
-    threads=snakemake.threads,
+    # the config's threads, not the grant: results must not depend on --cores
+    threads=job_threads(snakemake.config["gradcam_overlap"]["threads"], snakemake.threads),
 )

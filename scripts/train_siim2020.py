@@ -1,6 +1,7 @@
 """Rule train_siim2020: train one (protocol, model, dataset), threshold on the evaluation set."""
 
 from melrepro.methods.gpu_slots import claim_gpus
+from melrepro.methods.threads import job_threads
 from melrepro.papers.siim2020.train import train_model_on
 from melrepro.report.logs import log_to_file
 
@@ -26,5 +27,6 @@ train_model_on(
     predictions_path=snakemake.output.predictions,
     metrics_path=snakemake.output.metrics,
     run_info=snakemake.params.run_info,
-    threads=snakemake.threads,
+    # the config's threads, not the grant: results must not depend on --cores
+    threads=job_threads(snakemake.config["siim2020"]["threads"], snakemake.threads),
 )

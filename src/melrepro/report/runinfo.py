@@ -138,8 +138,8 @@ def write_run_info(directory: str | Path, **info: Any) -> Path:
 def write_training_run_info(
     metrics_path: str | Path, result: Any, *, data_source: str, config: Any, seed: int
 ) -> Path:
-    """``run_info.json`` beside a training's ``metrics.json``: the weights, device and resumed
-    epoch come from ``result`` (the training core's ``TrainResult``)."""
+    """``run_info.json`` beside a training's ``metrics.json``: the weights, device, torch threads
+    and resumed epoch come from ``result`` (the training core's ``TrainResult``)."""
     return write_run_info(
         Path(metrics_path).parent,
         data_source=data_source,
@@ -147,5 +147,6 @@ def write_training_run_info(
         seed=seed,
         weights=result.weights,
         device=result.device,
+        torch_threads=result.torch_threads,
         resumed_from_epoch=result.resumed_from_epoch,
     )

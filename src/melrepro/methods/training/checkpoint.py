@@ -41,6 +41,8 @@ class TrainResult:
     weights: str
     resumed_from_epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: torch's intra-op threads the run computed with (CPU results depend on it)
+    torch_threads: int = 0
 
 
 @dataclass
@@ -195,12 +197,14 @@ def load_model(
 
 def run_summary(result: TrainResult, options: TrainOptions) -> dict[str, Any]:
     """The keys every paper's ``metrics.json`` has about its training run: ``best_epoch``,
-    ``epochs_run``, ``train_seconds``, ``device``, ``weights`` and ``options``."""
+    ``epochs_run``, ``train_seconds``, ``device``, ``torch_threads``, ``weights`` and
+    ``options``."""
     return {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "train_seconds": float(result.history["seconds"].sum()),
         "device": result.device,
+        "torch_threads": result.torch_threads,
         "weights": result.weights,
         "options": options.to_dict(),
     }

@@ -558,4 +558,5 @@ def _best_result(
         device=str(run.device),
         weights=run.model.weights_name,
         resumed_from_epoch=resumed_from,
+        torch_threads=torch.get_num_threads(),
     )
