@@ -226,7 +226,7 @@ def test_wrong_checksum_keeps_file_aside_and_raises(server, lock, tmp_path):
         download_archive_file(
             DATASET, ZIP, out, checksums=lock, hosts=server.hosts, dataverse_api=None, **FAST
         )
-    kept = out.with_name(f"{ZIP}.rejected-{actual[:12]}")
+    kept = tmp_path / "resources" / "rejected" / DATASET / f"{ZIP}.rejected-{actual[:12]}"
     assert (info.value.file, info.value.expected, info.value.actual) == (ZIP, expected, actual)
     assert info.value.kept == kept
     assert not out.exists()
@@ -262,7 +262,8 @@ def test_truncated_zip_on_server_is_rejected(server, lock, tmp_path):
     assert not out.exists()
     assert read_checksums(lock) == {}
     sha = hashlib.sha256(short).hexdigest()
-    assert out.with_name(f"{ZIP}.rejected-{sha[:12]}").read_bytes() == short
+    rejected = tmp_path / "resources" / "rejected" / DATASET
+    assert (rejected / f"{ZIP}.rejected-{sha[:12]}").read_bytes() == short
 
 
 def test_complete_part_file_is_finished_without_download(server, lock, tmp_path):
@@ -390,6 +391,8 @@ FAKE_ISIC = """#!{python}
 import json, os, sys
 from pathlib import Path
 Path(os.environ["FAKE_ISIC_ARGS"]).write_text(json.dumps(sys.argv[1:]))
+with open(os.environ["FAKE_ISIC_ARGS"] + ".calls", "a") as calls:
+    calls.write("call\\n")
 out = Path(sys.argv[-1])
 out.mkdir(parents=True, exist_ok=True)
 ids = ["ISIC_0000001", "ISIC_0000002"]
@@ -437,34 +440,73 @@ def test_melanomas_runner_checks_and_records(fake_isic, lock, tmp_path):
     """Check the runner calls isic with the query and limit, and records metadata and jpgs."""
     outdir = tmp_path / "resources" / "archives" / "isic_archive_melanoma" / "images"
     statuses = download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
-    assert json.loads(fake_isic.read_text()) == [
-        "image", "download", "--search", QUERY, "--limit", "2", str(outdir),
-    ]  # fmt: skip
+    args = json.loads(fake_isic.read_text())
+    assert args[:-1] == ["image", "download", "--search", QUERY, "--limit", "2"]
+    # isic-cli writes into the download cache, outside the rule's output folder
+    assert Path(args[-1]).is_relative_to(tmp_path / "resources" / "download_cache")
+    assert (outdir / "ISIC_0000001.jpg").read_bytes() == b"\xff\xd8ISIC_0000001"
     names = [s.file for s in statuses]
     assert names == ["images/metadata.csv", "images/ISIC_0000001.jpg", "images/ISIC_0000002.jpg"]
     assert {s.status for s in statuses} == {"recorded"}
     assert {f for d, f in read_checksums(lock) if d == "isic_archive_melanoma"} == set(names)
 
 
+def _melanoma_out(tmp_path):
+    return tmp_path / "resources" / "archives" / "isic_archive_melanoma" / "images"
+
+
+def _calls(fake_isic):
+    calls = Path(str(fake_isic) + ".calls")
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_melanoma_mismatch_survives_the_failed_job(fake_isic, lock, tmp_path):
+    """Check a mismatching melanoma is kept outside the output folder, which Snakemake deletes
+    after the failed job, and the images that passed stay in the download cache (issue 21.1)."""
+    outdir = tmp_path / "resources" / "archives" / "isic_archive_melanoma" / "images"
+    download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
+    assert _calls(fake_isic) == 1
+    shutil.rmtree(outdir)
+    # A rerun with a complete download cache does not fetch again.
+    download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
+    assert _calls(fake_isic) == 1
+    assert sorted(p.name for p in outdir.glob("*.jpg")) == ["ISIC_0000001.jpg", "ISIC_0000002.jpg"]
+    # The archive now serves another ISIC_0000002.jpg than the one recorded.
+    text = lock.read_text().replace(
+        sha256_file(outdir / "ISIC_0000002.jpg")[0], hashlib.sha256(b"other").hexdigest()
+    )
+    lock.write_text(text)
+    shutil.rmtree(outdir)
+    with pytest.raises(ChecksumMismatchError, match="ISIC_0000002.jpg") as info:
+        download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
+    shutil.rmtree(outdir, ignore_errors=True)  # what Snakemake does to a failed job's output
+    kept = info.value.kept
+    assert kept.read_bytes() == b"\xff\xd8ISIC_0000002"
+    assert kept.is_relative_to(tmp_path / "resources" / "rejected" / "isic_archive_melanoma")
+    assert str(kept) in str(info.value)
+    cached = {p.name for p in (tmp_path / "resources" / "download_cache").rglob("*.jpg")}
+    assert cached == {"ISIC_0000001.jpg"}
+
+
 def test_melanomas_runner_fails_on_missing_jpg(fake_isic, lock, tmp_path, monkeypatch):
     """Check an isic-cli run that lists an image it did not write fails, naming the image."""
     monkeypatch.setenv("FAKE_ISIC_JPGS", "1")
     with pytest.raises(DownloadError, match=r"1 image\(s\) .* missing .*ISIC_0000002"):
-        download_archive_melanomas(tmp_path / "images", query=QUERY, limit=2, checksums=lock)
+        download_archive_melanomas(_melanoma_out(tmp_path), query=QUERY, limit=2, checksums=lock)
     assert read_checksums(lock) == {}
 
 
 def test_melanomas_runner_fails_on_too_few_images(fake_isic, lock, tmp_path):
     """Check fewer images than the limit is an error, not a silent short dataset."""
     with pytest.raises(DownloadError, match="gave 2 image"):
-        download_archive_melanomas(tmp_path / "images", query=QUERY, limit=300, checksums=lock)
+        download_archive_melanomas(_melanoma_out(tmp_path), query=QUERY, limit=300, checksums=lock)
 
 
 def test_melanomas_runner_reports_isic_exit_code(fake_isic, lock, tmp_path, monkeypatch):
     """Check a failing isic-cli is reported with its exit code."""
     monkeypatch.setenv("FAKE_ISIC_EXIT", "3")
     with pytest.raises(DownloadError, match="exit code 3"):
-        download_archive_melanomas(tmp_path / "images", query=QUERY, limit=2, checksums=lock)
+        download_archive_melanomas(_melanoma_out(tmp_path), query=QUERY, limit=2, checksums=lock)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -490,12 +532,13 @@ def test_verify_archives_writes_report_then_catches_corruption(server, lock, tmp
         verify_archives(DATASET, paths, dataset_dir / "verified.json", checksums=lock)
     assert not (dataset_dir / "verified.json").exists()
     assert not (dataset_dir / CSV).exists()
-    assert len(list(dataset_dir.glob(f"{CSV}.rejected-*"))) == 1
+    rejected = tmp_path / "resources" / "rejected" / DATASET
+    assert len(list(rejected.glob(f"{CSV}.rejected-*"))) == 1
 
 
 def test_verify_archives_melanoma_folder(fake_isic, lock, tmp_path):
     """Check the melanoma folder is verified file by file, and a missing image is caught."""
-    dataset_dir = tmp_path / "isic_archive_melanoma"
+    dataset_dir = _melanoma_out(tmp_path).parent
     download_archive_melanomas(dataset_dir / "images", query=QUERY, limit=2, checksums=lock)
     report = verify_archives(
         "isic_archive_melanoma",
@@ -525,7 +568,15 @@ def test_concurrent_records_are_all_kept(tmp_path):
         path = tmp_path / name
         sha, size = sha256_file(path)
         download._accept(
-            DATASET, name, path, path, sha=sha, size=size, checksums=lock, source="test"
+            DATASET,
+            name,
+            path,
+            path,
+            sha=sha,
+            size=size,
+            checksums=lock,
+            source="test",
+            rejected_dir=tmp_path / "rejected",
         )
 
     threads = [threading.Thread(target=record, args=(name,)) for name in names]

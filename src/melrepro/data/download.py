@@ -13,8 +13,9 @@ three doors, and each of them ends at the same gate, the checksum lock
 ISIC publishes no checksums, so a file without an entry is *recorded* on first sight and reported
 (in the log and in the returned :class:`ArchiveStatus`); the lock is meant to be committed. A file
 whose hash differs from its entry is never left at its final name: it is kept aside as
-``<file>.rejected-<sha256[:12]>`` and :class:`ChecksumMismatchError` names the file and both
-hashes. :func:`verify_archives` checks every file of a dataset again and writes the
+``resources/rejected/<dataset>/<file>.rejected-<sha256[:12]>`` (outside every rule's output, so
+Snakemake's clean-up of a failed job does not delete it) and :class:`ChecksumMismatchError` names
+the file and both hashes. :func:`verify_archives` checks every file of a dataset again and writes the
 ``verified.json`` that ingest depends on, so a corrupt download never reaches ingest.
 """
 
@@ -217,8 +218,29 @@ def _locked_checksums(path: Path) -> Iterator[dict[tuple[str, str], tuple[str, i
             os.fsync(fh.fileno())
 
 
-def _rejected_path(final: Path, sha: str) -> Path:
-    return final.with_name(f"{final.name}.rejected-{sha[:12]}")
+def _rejected_path(rejected_dir: Path, dataset: str, name: str, sha: str) -> Path:
+    """``<rejected_dir>/<dataset>/<name>.rejected-<sha[:12]>``, folders created.
+
+    ``rejected_dir`` lies outside every rule's output (``resources/rejected``), so the file
+    survives Snakemake removing the outputs of the failed job.
+    """
+    kept = rejected_dir / dataset / f"{name}.rejected-{sha[:12]}"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    return kept
+
+
+def _default_rejected_dir(dataset_dir: Path) -> Path:
+    """``resources/rejected`` for ``resources/archives/<dataset>`` (two levels up)."""
+    return dataset_dir.parent.parent / "rejected"
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; copy then delete across filesystems."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        source.unlink()
 
 
 def _accept(
@@ -231,11 +253,13 @@ def _accept(
     size: int,
     checksums: Path,
     source: str,
+    rejected_dir: Path,
 ) -> ArchiveStatus:
     """Check ``candidate`` against the lock; move it to ``final`` or keep it aside and raise.
 
-    A missing entry is recorded. On a mismatch ``candidate`` is renamed to
-    ``<final>.rejected-<sha[:12]>`` (never deleted), so nothing is left at the final name.
+    A missing entry is recorded. On a mismatch ``candidate`` is moved to
+    ``<rejected_dir>/<dataset>/<name>.rejected-<sha[:12]>`` (never deleted), so nothing is left
+    at the final name.
     """
     with _locked_checksums(checksums) as entries:
         expected = entries.get((dataset, name))
@@ -245,8 +269,8 @@ def _accept(
         elif expected == (sha, size):
             status = "verified"
         else:
-            kept = _rejected_path(final, sha)
-            os.replace(candidate, kept)
+            kept = _rejected_path(rejected_dir, dataset, name, sha)
+            _move(candidate, kept)
             detail = f" ({size} bytes, lock says {expected[1]})" if size != expected[1] else ""
             raise ChecksumMismatchError(name, expected[0], sha, kept, detail)
     if candidate != final:
@@ -517,6 +541,7 @@ def download_archive_file(
     backoff_s: float = 2,
     chunk_mb: float = 8,
     dataverse_api: str | None = DATAVERSE_API,
+    rejected_dir: str | Path | None = None,
 ) -> ArchiveStatus:
     """Download one official file to ``out``, resuming, retrying and checking it against the lock.
 
@@ -546,6 +571,9 @@ def download_archive_file(
         Read size in MiB.
     dataverse_api : str or None
         Dataverse server for the HAM10000 metadata (see :func:`remote_urls`).
+    rejected_dir : path, optional
+        Where a bad file is kept aside, outside every rule's output (default
+        ``resources/rejected``, two levels above ``out``'s folder).
 
     Returns
     -------
@@ -558,10 +586,11 @@ def download_archive_file(
         is unreadable (it is kept aside as ``.rejected-…``).
     ChecksumMismatchError
         If the hash differs from the lock; the file is kept aside as
-        ``<out>.rejected-<sha256[:12]>`` and nothing is left at ``out``.
+        ``<rejected_dir>/<dataset>/<name>.rejected-<sha256[:12]>`` and nothing is left at ``out``.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rejected = Path(rejected_dir) if rejected_dir else _default_rejected_dir(out.parent)
     part = out.with_name(out.name + ".part")
     urls = remote_urls(dataset, name, hosts=hosts, dataverse_api=dataverse_api, timeout_s=timeout_s)
     source = _fetch(
@@ -577,12 +606,20 @@ def download_archive_file(
     try:
         _check_zip(part, name)
     except DownloadError:
-        kept = _rejected_path(out, sha)
-        os.replace(part, kept)
+        kept = _rejected_path(rejected, dataset, name, sha)
+        _move(part, kept)
         logger.exception("%s: kept aside at %s", name, kept)
         raise
     return _accept(
-        dataset, name, part, out, sha=sha, size=size, checksums=Path(checksums), source=source
+        dataset,
+        name,
+        part,
+        out,
+        sha=sha,
+        size=size,
+        checksums=Path(checksums),
+        source=source,
+        rejected_dir=rejected,
     )
 
 
@@ -619,12 +656,13 @@ def link_archive_file(
     archive_dir: str | Path,
     checksums: str | Path,
     chunk_mb: float = 8,
+    rejected_dir: str | Path | None = None,
 ) -> ArchiveStatus:
     """Link an official file the user already has into ``out``, with the same check as a download.
 
     ``archive_dir`` holds the official files either under ``<dataset>/`` or flat. The user's file
     is never moved or changed: on a mismatch only the link is kept aside (as
-    ``<out>.rejected-<sha256[:12]>``, pointing at the user's file).
+    ``<rejected_dir>/<dataset>/<name>.rejected-<sha256[:12]>``, pointing at the user's file).
 
     Raises
     ------
@@ -650,6 +688,7 @@ def link_archive_file(
         size=size,
         checksums=Path(checksums),
         source=str(source),
+        rejected_dir=Path(rejected_dir) if rejected_dir else _default_rejected_dir(out.parent),
     )
 
 
@@ -698,6 +737,47 @@ def _melanoma_files(outdir: Path, *, limit: int) -> list[Path]:
     return [metadata] + [outdir / f"{i}.jpg" for i in ids]
 
 
+def _melanoma_cache(cache_dir: Path, query: str, limit: int) -> Path:
+    """The download cache of one (query, limit): ``<cache_dir>/isic_archive_melanoma/<key>``."""
+    key = hashlib.sha256(f"{query}\n{limit}".encode()).hexdigest()[:12]
+    return cache_dir / _MELANOMA_DATASET / key
+
+
+def _cache_complete(cache: Path, limit: int) -> bool:
+    """Whether an earlier isic-cli run left a complete set in ``cache`` (metadata and every jpg)."""
+    try:
+        _melanoma_files(cache, limit=limit)
+    except DownloadError:
+        return False
+    return True
+
+
+def _run_isic(query: str, limit: int, cache: Path, isic: str | Path | None) -> str:
+    command = isic_download_command(query, cache, limit=limit, isic=_find_isic(isic))
+    logger.info("running %s", subprocess.list2cmdline(command))
+    result = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    for stream in (result.stdout, result.stderr):
+        if stream.strip():
+            logger.info("isic-cli: %s", stream.strip())
+    if result.returncode:
+        raise DownloadError(
+            f"`{subprocess.list2cmdline(command)}` failed with exit code {result.returncode}: "
+            f"{result.stderr.strip()[-500:]}"
+        )
+    return " ".join(command)
+
+
+def _hardlink_or_copy(source: Path, target: Path) -> None:
+    """Place ``source`` at ``target``: a hard link (no second copy on disk), else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def download_archive_melanomas(
     outdir: str | Path,
     *,
@@ -707,14 +787,21 @@ def download_archive_melanomas(
     archive_dir: str | Path | None = None,
     isic: str | Path | None = None,
     chunk_mb: float = 8,
+    cache_dir: str | Path | None = None,
+    rejected_dir: str | Path | None = None,
 ) -> list[ArchiveStatus]:
     """Fetch the extra archive melanomas with isic-cli into ``outdir`` and check them.
 
-    Runs ``isic image download --search QUERY --limit LIMIT OUTDIR``, then checks that
-    ``metadata.csv`` is there with at least ``limit`` rows and that each ``<isic_id>.jpg`` it lists
-    exists, and checks every one of these files against the lock (as ``images/<file>``). When
-    ``archive_dir`` holds ``isic_archive_melanoma/images/`` (or ``isic_archive_melanoma/`` with a
-    ``metadata.csv``), those files are linked instead.
+    Runs ``isic image download --search QUERY --limit LIMIT CACHE`` into a download cache
+    *outside* the rule's output (``cache_dir``, default ``resources/download_cache``; one folder
+    per query and limit), then checks that ``metadata.csv`` is there with at least ``limit`` rows
+    and that each ``<isic_id>.jpg`` it lists exists, and checks every one of these files against
+    the lock (as ``images/<file>``). Files that pass are hard-linked (or copied) into ``outdir``;
+    a file that fails is moved to ``rejected_dir`` (default ``resources/rejected``). Snakemake
+    deletes ``outdir`` when the job fails, but the cache and the rejected files stay: a retry
+    whose cache is complete does not run isic-cli again. When ``archive_dir`` holds
+    ``isic_archive_melanoma/images/`` (or ``isic_archive_melanoma/`` with a ``metadata.csv``),
+    those files are checked and symlinked instead.
 
     Returns
     -------
@@ -727,55 +814,78 @@ def download_archive_melanomas(
         If isic-cli fails (its exit code is given; its output is in the log) or its output is
         incomplete.
     ChecksumMismatchError
-        If a file differs from the lock (it is kept aside; the first mismatch is raised).
+        If a file differs from the lock (it is kept aside; all files are checked, the first
+        mismatch is raised).
     """
     outdir = Path(outdir)
+    dataset_dir = outdir.parent
+    rejected = Path(rejected_dir) if rejected_dir else _default_rejected_dir(dataset_dir)
+    cache_root = Path(cache_dir) if cache_dir else dataset_dir.parent.parent / "download_cache"
     folder = layout(_MELANOMA_DATASET).folder or "images"
-    source = ""
+    source, linked = "", False
     if archive_dir is not None:
         for candidate in (
             Path(archive_dir) / _MELANOMA_DATASET / folder,
             Path(archive_dir) / _MELANOMA_DATASET,
         ):
             if (candidate / "metadata.csv").is_file():
-                source = str(candidate)
+                source, linked = str(candidate), True
                 break
-    outdir.mkdir(parents=True, exist_ok=True)
-    if source:
+    if linked:
         logger.info("linking the archive melanomas from %s", source)
-        for path in _melanoma_files(Path(source), limit=limit):
+        fetched = Path(source)
+    else:
+        fetched = _melanoma_cache(cache_root, query, limit)
+        if _cache_complete(fetched, limit):
+            logger.info("reusing the complete download cache %s (isic-cli not run)", fetched)
+            source = f"cache {fetched}"
+        else:
+            fetched.mkdir(parents=True, exist_ok=True)
+            source = _run_isic(query, limit, fetched, isic)
+    files = _melanoma_files(fetched, limit=limit)
+    statuses, mismatches = [], []
+    for path in files:
+        sha, size = sha256_file(path, chunk_mb=chunk_mb)
+        # Linked files are the user's: checked in place, never moved (only a symlink is kept).
+        candidate = path
+        if linked:
+            candidate = rejected / _MELANOMA_DATASET / folder / f"{path.name}.link"
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.unlink(missing_ok=True)
+            candidate.symlink_to(path.resolve())
+        try:
+            statuses.append(
+                _accept(
+                    _MELANOMA_DATASET,
+                    f"{folder}/{path.name}",
+                    candidate,
+                    candidate,
+                    sha=sha,
+                    size=size,
+                    checksums=Path(checksums),
+                    source=source,
+                    rejected_dir=rejected,
+                )
+            )
+        except ChecksumMismatchError as error:
+            logger.error("%s", error)  # every file is checked before the first error is raised
+            mismatches.append(error)
+        finally:
+            if linked:
+                candidate.unlink(missing_ok=True)
+    if mismatches:
+        raise mismatches[0]
+    outdir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        if linked:
             (outdir / path.name).unlink(missing_ok=True)
             (outdir / path.name).symlink_to(path.resolve())
-    else:
-        command = isic_download_command(query, outdir, limit=limit, isic=_find_isic(isic))
-        logger.info("running %s", subprocess.list2cmdline(command))
-        result = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-        )
-        for stream in (result.stdout, result.stderr):
-            if stream.strip():
-                logger.info("isic-cli: %s", stream.strip())
-        if result.returncode:
-            raise DownloadError(
-                f"`{subprocess.list2cmdline(command)}` failed with exit code {result.returncode}: "
-                f"{result.stderr.strip()[-500:]}"
-            )
-        source = " ".join(command)
-    statuses = []
-    for path in _melanoma_files(outdir, limit=limit):
-        sha, size = sha256_file(path, chunk_mb=chunk_mb)
-        statuses.append(
-            _accept(
-                _MELANOMA_DATASET,
-                f"{folder}/{path.name}",
-                path,
-                path,
-                sha=sha,
-                size=size,
-                checksums=Path(checksums),
-                source=source,
-            )
-        )
+        else:
+            _hardlink_or_copy(path, outdir / path.name)
+    if not linked:  # isic-cli's attribution and licence texts travel with the images
+        for extra in sorted(fetched.iterdir()):
+            if extra.is_file() and not (outdir / extra.name).exists():
+                _hardlink_or_copy(extra, outdir / extra.name)
     _log_summary(_MELANOMA_DATASET, statuses)
     return statuses
 
@@ -819,6 +929,7 @@ def verify_archives(
     *,
     checksums: str | Path,
     chunk_mb: float = 8,
+    rejected_dir: str | Path | None = None,
 ) -> dict[str, object]:
     """Check every file of ``dataset`` against the lock and write ``verified.json`` to ``out``.
 
@@ -844,6 +955,7 @@ def verify_archives(
     out = Path(out)
     dataset_dir = out.parent
     checksums = Path(checksums)
+    rejected = Path(rejected_dir) if rejected_dir else _default_rejected_dir(dataset_dir)
     statuses: list[ArchiveStatus] = []
     mismatches: list[ChecksumMismatchError] = []
     for name, path in _dataset_files(dataset_dir, paths):
@@ -853,7 +965,15 @@ def verify_archives(
         try:
             statuses.append(
                 _accept(
-                    dataset, name, path, path, sha=sha, size=size, checksums=checksums, source=""
+                    dataset,
+                    name,
+                    path,
+                    path,
+                    sha=sha,
+                    size=size,
+                    checksums=checksums,
+                    source="",
+                    rejected_dir=rejected,
                 )
             )
         except ChecksumMismatchError as error:
