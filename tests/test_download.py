@@ -634,3 +634,59 @@ def test_dry_run_lists_one_download_job_per_official_file(tmp_path):
     assert sorted(planned) == sorted(expected)
     assert len(re.findall(r"rule download_archive_melanomas:", result.stdout)) == 1
     assert len(re.findall(r"rule verify_archives:", result.stdout)) == 6
+
+
+def test_lock_survives_a_write_that_fails(tmp_path, monkeypatch):
+    """Check a write of the lock cut short (killed job, full disk) leaves the old lock intact,
+    not an empty file read next time as "no entries" (issue 21.2)."""
+    lock = tmp_path / "lock.tsv"
+    good = f"dataset\tfile\tsha256\tbytes\n{DATASET}\told.csv\t{'a' * 64}\t3\n"
+    lock.write_text(good)
+    path = tmp_path / "new.csv"
+    path.write_text("new")
+    sha, size = sha256_file(path)
+
+    def disk_full(entries):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download, "_format_checksums", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        download._accept(
+            DATASET,
+            "new.csv",
+            path,
+            path,
+            sha=sha,
+            size=size,
+            checksums=lock,
+            source="test",
+            rejected_dir=tmp_path / "rejected",
+        )
+    assert lock.read_text() == good
+
+
+@pytest.mark.parametrize(
+    "text", ["", "\n", "# a comment only\n"], ids=["empty", "blank", "comment"]
+)
+def test_emptied_lock_is_an_error(tmp_path, text):
+    """Check a lock that shrank to nothing is refused, by readers and by writers."""
+    lock = tmp_path / "lock.tsv"
+    lock.write_text(text)
+    with pytest.raises(ValueError, match="empty .*truncated"):
+        read_checksums(lock)
+    path = tmp_path / "x.csv"
+    path.write_text("x")
+    sha, size = sha256_file(path)
+    with pytest.raises(ValueError, match="truncated"):
+        download._accept(
+            DATASET,
+            "x.csv",
+            path,
+            path,
+            sha=sha,
+            size=size,
+            checksums=lock,
+            source="test",
+            rejected_dir=tmp_path / "rejected",
+        )
+    assert lock.read_text() == text

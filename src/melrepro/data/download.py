@@ -148,7 +148,14 @@ def sha256_file(path: str | Path, *, chunk_mb: float = 8) -> tuple[str, int]:
 def _parse_checksums(text: str, path: Path) -> dict[tuple[str, str], tuple[str, int]]:
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not lines:
-        return {}
+        # The committed lock always has its header: an existing file without one was emptied
+        # (a write cut short by an old version, a full disk, an editor): reading it as "no
+        # entries" would record whatever is downloaded next as the official hash.
+        raise ValueError(
+            f"{path}: the checksum lock is empty (no header line); it was truncated. Restore it "
+            f"from git (`git checkout -- {path}`) or, for a new lock, write the header line "
+            f"{chr(9).join(CHECKSUM_COLUMNS)!r}"
+        )
     header = tuple(lines[0].split("\t"))
     if header != CHECKSUM_COLUMNS:
         raise ValueError(
@@ -172,21 +179,36 @@ def _parse_checksums(text: str, path: Path) -> dict[tuple[str, str], tuple[str, 
     return entries
 
 
+def _lock_file(path: Path) -> Path:
+    """The companion file that ``flock`` serialises writers (and readers) of the lock on."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def _flocked(path: Path, mode: int) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)
+
+
 def read_checksums(path: str | Path) -> dict[tuple[str, str], tuple[str, int]]:
     """Read the checksum lock: ``{(dataset, file): (sha256, bytes)}``; a missing file is empty.
 
     Raises
     ------
     ValueError
-        If the header is not ``dataset, file, sha256, bytes`` or a row is malformed (the message
-        names the line).
+        If the file exists but is empty or has no header (it was truncated), the header is not
+        ``dataset, file, sha256, bytes``, or a row is malformed (the message names the line).
     """
     path = Path(path)
     if not path.exists():
         return {}
-    with path.open(encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_SH)
-        return _parse_checksums(fh.read(), path)
+    # Writers replace the file atomically: a reader sees the old or the new lock, no lock needed.
+    return _parse_checksums(path.read_text(encoding="utf-8"), path)
 
 
 def _format_checksums(entries: dict[tuple[str, str], tuple[str, int]]) -> str:
@@ -195,27 +217,46 @@ def _format_checksums(entries: dict[tuple[str, str], tuple[str, int]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the new file, never a part.
+
+    A temporary file in the same folder is written and fsynced, then renamed over ``path``
+    (``os.replace`` is atomic on POSIX), and the folder is fsynced so the rename survives a crash.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 @contextlib.contextmanager
 def _locked_checksums(path: Path) -> Iterator[dict[tuple[str, str], tuple[str, int]]]:
     """Hold an exclusive lock on the checksum file; what the caller adds is written back sorted.
 
-    Several download jobs record new entries at the same time; ``flock`` on the file itself
-    serialises them (the file is rewritten in place, never replaced, so the lock stays valid).
+    Several download jobs record new entries at the same time; ``flock`` on the companion
+    ``<lock>.lock`` file serialises them. The lock itself is replaced atomically
+    (:func:`_write_atomically`), so a job killed while writing, or a full disk, leaves the old
+    lock intact, never an empty one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    with os.fdopen(fd, "r+", encoding="utf-8", newline="") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        text = fh.read()
-        entries = _parse_checksums(text, path)
+    with _flocked(path, fcntl.LOCK_EX):
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+        entries = _parse_checksums(text, path) if text is not None else {}
         before = dict(entries)
         yield entries
-        if entries != before or not text.strip():
-            fh.seek(0)
-            fh.truncate()
-            fh.write(_format_checksums(entries))
-            fh.flush()
-            os.fsync(fh.fileno())
+        if entries != before or text is None:
+            _write_atomically(path, _format_checksums(entries))
 
 
 def _rejected_path(rejected_dir: Path, dataset: str, name: str, sha: str) -> Path:
