@@ -53,13 +53,16 @@ def _zip_bytes() -> bytes:
 
 
 CSV_BYTES = b"image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK\nISIC_0000000,1.0,0,0,0,0,0,0,0,0\n"
+META = "ISIC_2019_Training_Metadata.csv"
+META_BYTES = b"image,age_approx,anatom_site_general,lesion_id,sex\nISIC_0000000,55,head,L1,male\n"
 
 
 class _Handler(BaseHTTPRequestHandler):
     """Serves ``server.files``; ``server.plan[path]`` lists how to answer the next requests.
 
     Plans: ``ok``; ``404``/``500``; ``cut`` (half the body, then close); ``truncate`` (announce
-    the full length, send 100 bytes less); ``norange`` (ignore ``Range``, send all with 200).
+    the full length, send 100 bytes less); ``norange`` (ignore ``Range``, send all with 200);
+    ``nolength`` (no Content-Length, send all but the last 10 bytes, close: a cut nobody sees).
     ``server.sticky[path]`` applies when the plan is empty.
     Range requests (``bytes=N-``) are honoured with 206 or 416.
     """
@@ -94,6 +97,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = content[start:]
+        if how == "nolength":
+            self.end_headers()
+            self.wfile.write(body[:-10])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if how == "cut":
@@ -349,7 +358,7 @@ def test_archive_dir_mismatch_leaves_user_file_alone(lock, tmp_path):
     """Check a wrong file in archive_dir raises, creates nothing at the final name, keeps the source."""
     archive_dir = tmp_path / "mine"
     archive_dir.mkdir()
-    (archive_dir / CSV).write_bytes(CSV_BYTES + b"tampered\n")
+    (archive_dir / CSV).write_bytes(CSV_BYTES + b"ISIC_0000009,0,1,0,0,0,0,0,0,0\n")
     lock.write_text(
         "dataset\tfile\tsha256\tbytes\n"
         f"{DATASET}\t{CSV}\t{hashlib.sha256(CSV_BYTES).hexdigest()}\t{len(CSV_BYTES)}\n"
@@ -359,7 +368,7 @@ def test_archive_dir_mismatch_leaves_user_file_alone(lock, tmp_path):
         link_archive_file(DATASET, CSV, out, archive_dir=archive_dir, checksums=lock)
     assert not out.exists()
     assert not out.is_symlink()
-    assert (archive_dir / CSV).read_bytes() == CSV_BYTES + b"tampered\n"
+    assert (archive_dir / CSV).read_bytes() == CSV_BYTES + b"ISIC_0000009,0,1,0,0,0,0,0,0,0\n"
 
 
 def test_archive_dir_copies_when_symlink_impossible(lock, tmp_path, monkeypatch):
@@ -516,7 +525,8 @@ def test_verify_archives_writes_report_then_catches_corruption(server, lock, tmp
     """Check verify_archives writes verified.json, then rejects a file changed afterwards."""
     dataset_dir = tmp_path / "resources" / "archives" / DATASET
     for name in layout(DATASET).files():
-        server.files[f"/a/2019/{name}"] = CSV_BYTES if name.endswith(".csv") else _zip_bytes()
+        content = {CSV: CSV_BYTES, META: META_BYTES, ZIP: _zip_bytes()}[name]
+        server.files[f"/a/2019/{name}"] = content
         download_archive_file(
             DATASET, name, dataset_dir / name, checksums=lock, hosts=server.hosts, **FAST
         )
@@ -526,7 +536,7 @@ def test_verify_archives_writes_report_then_catches_corruption(server, lock, tmp
     assert report["recorded"] == []
     assert json.loads((dataset_dir / "verified.json").read_text()) == report
 
-    (dataset_dir / CSV).write_bytes(CSV_BYTES + b"x")
+    (dataset_dir / CSV).write_bytes(CSV_BYTES + b"ISIC_0000009,0,1,0,0,0,0,0,0,0\n")
     (dataset_dir / "verified.json").unlink()
     with pytest.raises(ChecksumMismatchError, match=CSV):
         verify_archives(DATASET, paths, dataset_dir / "verified.json", checksums=lock)
@@ -690,3 +700,74 @@ def test_emptied_lock_is_an_error(tmp_path, text):
             rejected_dir=tmp_path / "rejected",
         )
     assert lock.read_text() == text
+
+
+# ----------------------------------------------------------------------------- content checks
+
+
+def test_truncated_zip_in_archive_dir_is_not_recorded(lock, tmp_path):
+    """Check link_archive_file checks the zip as a download does: a truncated archive in
+    data.archive_dir is refused, not recorded as the official hash (issue 21.3)."""
+    (tmp_path / ZIP).write_bytes(_zip_bytes()[:-300])
+    out = _out(tmp_path)
+    with pytest.raises(DownloadError, match="not a readable zip"):
+        link_archive_file(DATASET, ZIP, out, archive_dir=tmp_path, checksums=lock)
+    assert read_checksums(lock) == {}
+    assert not out.exists()
+    assert (tmp_path / ZIP).stat().st_size == len(_zip_bytes()) - 300  # the user's file stays
+
+
+def test_zip_without_the_official_folder_is_not_recorded(lock, tmp_path):
+    """Check a readable zip that lacks the official folder is refused."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("something_else/ISIC_0000000.jpg", b"x")
+    (tmp_path / ZIP).write_bytes(buffer.getvalue())
+    with pytest.raises(DownloadError, match="official folder 'ISIC_2019_Training_Input/'"):
+        link_archive_file(DATASET, ZIP, _out(tmp_path), archive_dir=tmp_path, checksums=lock)
+    assert read_checksums(lock) == {}
+
+
+def test_csv_answered_with_html_is_not_recorded(server, lock, tmp_path):
+    """Check an HTML page served with HTTP 200 in place of a CSV is refused (issue 21.3)."""
+    for mirror in "ab":
+        server.files[f"/{mirror}/2019/{CSV}"] = b"<!DOCTYPE html><html><body>Sign in</body></html>"
+    out = _out(tmp_path, CSV)
+    with pytest.raises(DownloadError, match="HTML"):
+        download_archive_file(
+            DATASET, CSV, out, checksums=lock, hosts=server.hosts, dataverse_api=None, **FAST
+        )
+    assert read_checksums(lock) == {}
+    assert not out.exists()
+
+
+def test_csv_cut_without_content_length_is_not_recorded(server, lock, tmp_path):
+    """Check a CSV cut mid-row by a server that sent no Content-Length is refused."""
+    server.sticky[f"/a/2019/{CSV}"] = "nolength"
+    server.sticky[f"/b/2019/{CSV}"] = "nolength"
+    out = _out(tmp_path, CSV)
+    with pytest.raises(DownloadError, match="line 2: .*cut short"):
+        download_archive_file(
+            DATASET, CSV, out, checksums=lock, hosts=server.hosts, dataverse_api=None, **FAST
+        )
+    assert read_checksums(lock) == {}
+
+
+def test_csv_with_wrong_header_in_archive_dir_is_not_recorded(lock, tmp_path):
+    """Check a CSV whose header is not the layout's is refused when linked."""
+    (tmp_path / META).write_bytes(CSV_BYTES)
+    with pytest.raises(DownloadError, match="lacks the column"):
+        link_archive_file(DATASET, META, _out(tmp_path, META), archive_dir=tmp_path, checksums=lock)
+    assert read_checksums(lock) == {}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_synthetic_twin_passes_the_content_checks(tiny_archives, dataset):
+    """Check every file laid out like the official one passes check_official_file."""
+    root = tiny_archives / dataset
+    if layout(dataset).folder:
+        files = [f"images/{p.name}" for p in sorted((root / "images").iterdir())]
+    else:
+        files = layout(dataset).files()
+    for name in files:
+        download.check_official_file(dataset, name, root / name)

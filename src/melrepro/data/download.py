@@ -26,6 +26,7 @@ import csv
 import fcntl
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from melrepro import __version__
-from melrepro.data.layouts import ARCHIVE_HOSTS, layout
+from melrepro.data.layouts import ARCHIVE_HOSTS, CsvSpec, layout
 
 __all__ = [
     "CHECKSUM_COLUMNS",
@@ -54,6 +55,7 @@ __all__ = [
     "ArchiveStatus",
     "ChecksumMismatchError",
     "DownloadError",
+    "check_official_file",
     "download_archive_file",
     "download_archive_melanomas",
     "isic_download_command",
@@ -331,19 +333,102 @@ def _accept(
     return ArchiveStatus(dataset, name, str(final), sha, size, status, source)
 
 
-def _check_zip(path: Path, name: str) -> None:
-    """Raise if a ``.zip`` has no readable central directory (the usual sign of a truncated file).
+def _csv_specs(dataset: str) -> list[CsvSpec]:
+    lay = layout(dataset)
+    specs = [s for i in lay.image_sets for s in (i.labels, i.metadata) if s is not None]
+    return specs + list(lay.extra_csvs)
 
-    This reads only the end of the file; member CRCs are checked when ingest decodes them.
-    """
-    if not name.lower().endswith(".zip"):
-        return
+
+def _zip_folders(dataset: str, name: str) -> list[str]:
+    """The official folders inside zip ``name`` (each must hold at least one file)."""
+    folders = []
+    for image_set in layout(dataset).image_sets:
+        for zip_name, folder in (
+            (image_set.image_zip, image_set.image_folder),
+            (image_set.mask_zip, image_set.mask_folder),
+            (image_set.attribute_zip, image_set.attribute_folder),
+        ):
+            if zip_name == name and folder:
+                folders.append(folder)
+    return sorted(set(folders))
+
+
+def _check_csv_text(data: bytes, spec: CsvSpec, where: str) -> None:
+    """Raise unless ``data`` is a CSV with the layout's columns and no short (cut) row."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+        raise DownloadError(
+            f"{where} is an HTML/XML page, not a CSV (an error or login page answered with "
+            f"HTTP 200?); expected the columns {list(spec.columns)}"
+        )
     try:
-        with zipfile.ZipFile(path) as archive:
-            if not archive.namelist():
-                raise zipfile.BadZipFile("the archive is empty")
-    except zipfile.BadZipFile as error:
-        raise DownloadError(f"{name} is not a readable zip archive ({error})") from error
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DownloadError(f"{where} is not UTF-8 text ({error}); expected a CSV") from None
+    rows = csv.reader(io.StringIO(text))
+    header = [c.strip() for c in next(rows, [])]
+    missing = [c for c in spec.columns if c not in header]
+    if missing:
+        raise DownloadError(
+            f"{where}: header {header[:12]!r} lacks the column(s) {missing}; expected the "
+            f"columns {list(spec.columns)} of the official file"
+        )
+    count = 0
+    for number, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        count += 1
+        if len(row) != len(header):
+            raise DownloadError(
+                f"{where}, line {number}: {len(row)} field(s), the header has {len(header)}; "
+                "the file is cut short or corrupt"
+            )
+    if not count:
+        raise DownloadError(f"{where}: no data rows; expected one row per image")
+
+
+def check_official_file(dataset: str, name: str, path: str | Path) -> None:
+    """Raise :class:`DownloadError` unless ``path`` looks like the official file ``name``.
+
+    Run before a file is recorded in (or accepted by) the lock, so that nothing ingest would
+    reject becomes the official hash: a zip must have a readable central directory and a file in
+    each of its official folders (and its official CSV members); a CSV must be UTF-8 text, not an
+    HTML page, with the layout's columns and no row shorter than the header (a cut file); an
+    archive melanoma ``.jpg`` must start like a JPEG. The read is cheap: the zip's directory, a
+    CSV's text, a jpg's first bytes (member CRCs and pixels are checked by ingest).
+    """
+    path = Path(path)
+    where = f"{dataset}/{name} ({path})"
+    specs = {spec.file: spec for spec in _csv_specs(dataset)}
+    if name.lower().endswith(".zip"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if not names:
+                    raise zipfile.BadZipFile("the archive is empty")
+                for folder in _zip_folders(dataset, name):
+                    if not any(n.startswith(folder + "/") and not n.endswith("/") for n in names):
+                        raise DownloadError(
+                            f"{where} has no file in the official folder {folder + '/'!r}; "
+                            "expected the official archive"
+                        )
+                for file, spec in specs.items():
+                    zip_name, _, member = file.partition("::")
+                    if zip_name != name or not member:
+                        continue
+                    if member not in names:
+                        if spec.optional:
+                            continue
+                        raise DownloadError(f"{where} has no member {member!r}")
+                    _check_csv_text(archive.read(member), spec, f"{where}::{member}")
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise DownloadError(f"{name} is not a readable zip archive ({error})") from error
+    elif name in specs:
+        _check_csv_text(path.read_bytes(), specs[name], where)
+    elif name.lower().endswith((".jpg", ".jpeg")):
+        with path.open("rb") as fh:
+            if fh.read(2) != b"\xff\xd8":
+                raise DownloadError(f"{where} does not start like a JPEG; expected an image")
 
 
 # ----------------------------------------------------------------------------- addresses
@@ -645,7 +730,7 @@ def download_archive_file(
     )
     sha, size = sha256_file(part, chunk_mb=chunk_mb)
     try:
-        _check_zip(part, name)
+        check_official_file(dataset, name, part)
     except DownloadError:
         kept = _rejected_path(rejected, dataset, name, sha)
         _move(part, kept)
@@ -720,6 +805,11 @@ def link_archive_file(
     source = _find_in_archive_dir(Path(archive_dir), dataset, name)
     staged = out.with_name(out.name + ".part")
     sha, size = _link_or_copy(source, staged, chunk_mb=chunk_mb)
+    try:
+        check_official_file(dataset, name, staged)
+    except DownloadError:
+        staged.unlink(missing_ok=True)  # only the link; the user's file is left alone
+        raise
     return _accept(
         dataset,
         name,
@@ -819,6 +909,52 @@ def _hardlink_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _accept_melanoma(
+    path: Path,
+    folder: str,
+    *,
+    linked: bool,
+    checksums: Path,
+    source: str,
+    rejected: Path,
+    chunk_mb: float,
+) -> ArchiveStatus:
+    """Check one isic-cli file (content, then lock); a bad downloaded file moves to ``rejected``.
+
+    A linked file is the user's: it is checked in place and never moved (on a mismatch only a
+    symlink to it is kept aside).
+    """
+    name = f"{folder}/{path.name}"
+    sha, size = sha256_file(path, chunk_mb=chunk_mb)
+    try:
+        check_official_file(_MELANOMA_DATASET, name, path)
+    except DownloadError:
+        if not linked:
+            _move(path, _rejected_path(rejected, _MELANOMA_DATASET, name, sha))
+        raise
+    candidate = path
+    if linked:
+        candidate = rejected / _MELANOMA_DATASET / folder / f"{path.name}.link"
+        candidate.parent.mkdir(parents=True, exist_ok=True)
+        candidate.unlink(missing_ok=True)
+        candidate.symlink_to(path.resolve())
+    try:
+        return _accept(
+            _MELANOMA_DATASET,
+            name,
+            candidate,
+            candidate,
+            sha=sha,
+            size=size,
+            checksums=checksums,
+            source=source,
+            rejected_dir=rejected,
+        )
+    finally:
+        if linked:
+            candidate.unlink(missing_ok=True)
+
+
 def download_archive_melanomas(
     outdir: str | Path,
     *,
@@ -884,36 +1020,24 @@ def download_archive_melanomas(
             fetched.mkdir(parents=True, exist_ok=True)
             source = _run_isic(query, limit, fetched, isic)
     files = _melanoma_files(fetched, limit=limit)
-    statuses, mismatches = [], []
+    statuses: list[ArchiveStatus] = []
+    mismatches: list[ChecksumMismatchError | DownloadError] = []
     for path in files:
-        sha, size = sha256_file(path, chunk_mb=chunk_mb)
-        # Linked files are the user's: checked in place, never moved (only a symlink is kept).
-        candidate = path
-        if linked:
-            candidate = rejected / _MELANOMA_DATASET / folder / f"{path.name}.link"
-            candidate.parent.mkdir(parents=True, exist_ok=True)
-            candidate.unlink(missing_ok=True)
-            candidate.symlink_to(path.resolve())
         try:
             statuses.append(
-                _accept(
-                    _MELANOMA_DATASET,
-                    f"{folder}/{path.name}",
-                    candidate,
-                    candidate,
-                    sha=sha,
-                    size=size,
+                _accept_melanoma(
+                    path,
+                    folder,
+                    linked=linked,
                     checksums=Path(checksums),
                     source=source,
-                    rejected_dir=rejected,
+                    rejected=rejected,
+                    chunk_mb=chunk_mb,
                 )
             )
-        except ChecksumMismatchError as error:
+        except (ChecksumMismatchError, DownloadError) as error:
             logger.error("%s", error)  # every file is checked before the first error is raised
             mismatches.append(error)
-        finally:
-            if linked:
-                candidate.unlink(missing_ok=True)
     if mismatches:
         raise mismatches[0]
     outdir.mkdir(parents=True, exist_ok=True)
@@ -998,12 +1122,17 @@ def verify_archives(
     checksums = Path(checksums)
     rejected = Path(rejected_dir) if rejected_dir else _default_rejected_dir(dataset_dir)
     statuses: list[ArchiveStatus] = []
-    mismatches: list[ChecksumMismatchError] = []
+    mismatches: list[ChecksumMismatchError | DownloadError] = []
     for name, path in _dataset_files(dataset_dir, paths):
         if not path.is_file():
             raise FileNotFoundError(f"{dataset}: {path} is missing")
         sha, size = sha256_file(path, chunk_mb=chunk_mb)
         try:
+            try:
+                check_official_file(dataset, name, path)
+            except DownloadError:
+                _move(path, _rejected_path(rejected, dataset, name, sha))  # a link moves as such
+                raise
             statuses.append(
                 _accept(
                     dataset,
@@ -1017,7 +1146,7 @@ def verify_archives(
                     rejected_dir=rejected,
                 )
             )
-        except ChecksumMismatchError as error:
+        except (ChecksumMismatchError, DownloadError) as error:
             logger.error("%s", error)  # all files are checked before the first error is raised
             mismatches.append(error)
     if mismatches:
