@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
+import json
 import logging
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -13,11 +15,56 @@ import pandas as pd
 
 from melrepro.data.layouts import CsvSpec
 
-__all__ = ["ArchiveFolder", "IngestError", "at_row", "first_row", "read_checked_csv", "split_uri"]
+__all__ = [
+    "VERIFIED",
+    "ArchiveFolder",
+    "IngestError",
+    "at_row",
+    "file_fingerprint",
+    "first_row",
+    "read_checked_csv",
+    "split_uri",
+]
 
 logger = logging.getLogger(__name__)
 
 URI_SEPARATOR = "::"
+#: The stamp verify_archives writes next to a dataset's official files.
+VERIFIED = "verified.json"
+#: Bytes hashed at each end of a file for its cheap fingerprint (the whole file when smaller).
+SAMPLE_BYTES = 2**20
+
+
+def file_fingerprint(path: str | Path) -> dict[str, object]:
+    """``bytes``, ``mtime_ns`` and ``sample_sha256`` of a file (symlinks followed).
+
+    ``sample_sha256`` hashes the first and last :data:`SAMPLE_BYTES` (a zip's central directory
+    is at its end), so it costs two reads whatever the size: another version of an archive
+    copied over it with its mtime kept (``cp -p``) is caught without hashing gigabytes.
+    """
+    path = Path(path)
+    info = path.stat()
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        if info.st_size <= 2 * SAMPLE_BYTES:
+            digest.update(fh.read())
+        else:
+            digest.update(fh.read(SAMPLE_BYTES))
+            fh.seek(-SAMPLE_BYTES, io.SEEK_END)
+            digest.update(fh.read(SAMPLE_BYTES))
+    return {
+        "bytes": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "sample_sha256": digest.hexdigest(),
+    }
+
+
+def _full_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(8 * 2**20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class IngestError(ValueError):
@@ -60,11 +107,74 @@ class ArchiveFolder:
 
     Zips are opened once and kept open; every member name is checked for zip-slip when the
     zip is first opened, and a truncated or corrupt zip raises :class:`IngestError` naming it.
+
+    When the folder holds ``verified.json`` (the official archives; the synthetic twin has none),
+    every file is checked against it before its first read: size, mtime and the hash of both
+    ends (:func:`file_fingerprint`); when only the mtime differs the whole file is hashed and
+    compared with the verified SHA-256. A plain file (an archive melanoma jpg or its CSV) is
+    compared by the SHA-256 of the bytes read. A file that differs, or is not listed, raises
+    :class:`IngestError`: the archives changed after they were verified.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._zips: dict[str, zipfile.ZipFile] = {}
+        self._checked: set[str] = set()
+        self._verified: dict[str, dict] | None = None
+        stamp = self.root / VERIFIED
+        if stamp.is_file():
+            try:
+                report = json.loads(stamp.read_text(encoding="utf-8"))
+                self._verified = {entry["file"]: entry for entry in report["files"]}
+            except (ValueError, KeyError, TypeError) as error:
+                raise IngestError(
+                    f"{stamp}: not a verified.json written by verify_archives ({error}); "
+                    "delete it so that verify_archives runs again"
+                ) from None
+
+    def _changed(self, name: str, detail: str) -> IngestError:
+        return IngestError(
+            f"{self.path(name)} changed after it was verified ({detail}; see "
+            f"{self.root / VERIFIED}). Put the verified file back, or delete {VERIFIED} and "
+            "rerun so that verify_archives checks the new file against the checksum lock"
+        )
+
+    def _entry(self, name: str) -> dict | None:
+        if self._verified is None:
+            return None
+        entry = self._verified.get(name)
+        if entry is None:
+            raise IngestError(
+                f"{self.path(name)} is not listed in {self.root / VERIFIED}; expected only "
+                "verified official files"
+            )
+        return entry
+
+    def _check_file(self, name: str) -> None:
+        """Check a file against verified.json (once per file and ArchiveFolder)."""
+        entry = self._entry(name)
+        if entry is None or name in self._checked:
+            return
+        path = self.path(name)
+        now = file_fingerprint(path)
+        if now["bytes"] != entry.get("bytes"):
+            raise self._changed(name, f"{now['bytes']} bytes, verified {entry.get('bytes')}")
+        if "sample_sha256" in entry and now["sample_sha256"] != entry["sample_sha256"]:
+            raise self._changed(name, "same size, other content")
+        if now["mtime_ns"] != entry.get("mtime_ns"):
+            logger.info("%s: mtime differs from verified.json; hashing the whole file", path)
+            actual = _full_sha256(path)
+            if actual != entry.get("sha256"):
+                raise self._changed(name, f"sha256 {actual}, verified {entry.get('sha256')}")
+        self._checked.add(name)
+
+    def _check_bytes(self, name: str, data: bytes) -> None:
+        entry = self._entry(name)
+        if entry is None:
+            return
+        actual = hashlib.sha256(data).hexdigest()
+        if len(data) != entry.get("bytes") or actual != entry.get("sha256"):
+            raise self._changed(name, f"sha256 {actual}, verified {entry.get('sha256')}")
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -74,6 +184,7 @@ class ArchiveFolder:
             path = self.path(name)
             if not path.exists():
                 raise IngestError(f"{path}: archive file is missing")
+            self._check_file(name)
             try:
                 archive = zipfile.ZipFile(path)
             except (zipfile.BadZipFile, OSError) as error:
@@ -105,7 +216,9 @@ class ArchiveFolder:
             path = self.path(file)
             if not path.exists():
                 raise IngestError(f"{path}: file is missing")
-            return path.read_bytes()
+            data = path.read_bytes()
+            self._check_bytes(file, data)
+            return data
         try:
             return self.zip(file).read(member)
         except KeyError:

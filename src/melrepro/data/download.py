@@ -46,6 +46,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from melrepro import __version__
+from melrepro.data.archive_io import file_fingerprint
 from melrepro.data.layouts import ARCHIVE_HOSTS, CsvSpec, layout
 
 __all__ = [
@@ -1162,7 +1163,8 @@ def verify_archives(
     report = {
         "dataset": dataset,
         "checksums": str(checksums),
-        "files": [s.to_dict() for s in statuses],
+        # What ArchiveFolder checks every file against before each read (size, mtime, ends).
+        "files": [s.to_dict() | file_fingerprint(s.path) for s in statuses],
         "recorded": [s.file for s in statuses if s.status == "recorded"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,122 @@
+"""What the data layer trusts and what it checks on every read (issue 21; docs/data_contract.md).
+
+Archives are the tiny synthetic twin (conftest) with the verification stamp of the official
+archives written over them, so that the checks run exactly as on downloaded files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from melrepro.data import archive_io
+from melrepro.data.archive_io import ArchiveFolder, IngestError
+from melrepro.data.download import verify_archives
+from melrepro.data.layouts import layout
+from melrepro.data.manifests import check_images, index_dataset
+
+
+def _verify(root: Path, dataset: str) -> None:
+    """Write verified.json for ``root`` (a copy of the twin), recording a fresh lock."""
+    lock = root.parent / f"{dataset}-lock.tsv"
+    lock.write_text("dataset\tfile\tsha256\tbytes\n")
+    if layout(dataset).folder:
+        paths = [root / "images"]
+    else:
+        paths = [root / name for name in layout(dataset).files()]
+    verify_archives(
+        dataset, paths, root / "verified.json", checksums=lock, rejected_dir=root.parent / "rej"
+    )
+
+
+def _replace_keeping_mtime(path: Path, data: bytes) -> None:
+    """What ``cp -p other_version path`` does: new bytes, the old mtime."""
+    info = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def _rezip(path: Path, transform) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, transform(info.filename, source.read(info)))
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- 21.4
+
+
+def test_verified_archives_ingest_unchanged(archive_copy):
+    """Check the stamp changes nothing for archives that are still the verified ones."""
+    root = archive_copy("isic2019")
+    before = index_dataset(root, "isic2019")
+    _verify(root, "isic2019")
+    assert index_dataset(root, "isic2019").equals(before)
+
+
+def test_archive_replaced_with_mtime_kept_is_caught(archive_copy):
+    """Check another version of a zip copied over the verified one with its mtime kept (cp -p)
+    fails the next read, naming the file and verified.json (issue 21.4)."""
+    root = archive_copy("isic2019")
+    _verify(root, "isic2019")
+    path = root / "ISIC_2019_Training_Input.zip"
+    other = _rezip(path, lambda name, data: data[:-1] + bytes([data[-1] ^ 1]) if data else data)
+    _replace_keeping_mtime(path, other)
+    with pytest.raises(IngestError, match=r"ISIC_2019_Training_Input\.zip changed after it was"):
+        check_images(root, "isic2019", 0, n_shards=1)
+
+
+def test_same_size_other_content_with_mtime_kept_is_caught(archive_copy):
+    """Check a CSV with the same size but other content (and the old mtime) is caught."""
+    root = archive_copy("isic2019")
+    _verify(root, "isic2019")
+    path = root / "ISIC_2019_Training_GroundTruth.csv"
+    text = path.read_bytes()
+    _replace_keeping_mtime(path, text.replace(b"1.0,0.0", b"0.0,1.0", 1))
+    assert len(path.read_bytes()) == len(text)
+    with pytest.raises(IngestError, match="GroundTruth.csv changed after it was verified"):
+        index_dataset(root, "isic2019")
+
+
+def test_touched_but_identical_archive_is_accepted(archive_copy):
+    """Check an mtime change alone is settled by the full hash (same bytes: accepted)."""
+    root = archive_copy("isic2019")
+    _verify(root, "isic2019")
+    os.utime(root / "ISIC_2019_Training_Input.zip", ns=(1, 1))
+    index_dataset(root, "isic2019")
+
+
+def test_archive_melanoma_replaced_is_caught(archive_copy):
+    """Check a plain file (an archive melanoma jpg) is compared by the hash of what is read."""
+    root = archive_copy("isic_archive_melanoma")
+    _verify(root, "isic_archive_melanoma")
+    jpgs = sorted((root / "images").glob("*.jpg"))
+    shutil.copy2(jpgs[1], jpgs[0])  # another image under the first one's name
+    with pytest.raises(IngestError, match=rf"{jpgs[0].name} changed after it was verified"):
+        check_images(root, "isic_archive_melanoma", 0, n_shards=1)
+
+
+def test_fingerprint_hashes_both_ends(tmp_path, monkeypatch):
+    """Check a large file's fingerprint covers its end, where a zip keeps its directory."""
+    monkeypatch.setattr(archive_io, "SAMPLE_BYTES", 4)
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789abcdef")
+    first = archive_io.file_fingerprint(path)
+    path.write_bytes(b"0123456789abcdeX")
+    assert archive_io.file_fingerprint(path)["sample_sha256"] != first["sample_sha256"]
+    path.write_bytes(b"0123456X89abcdef")  # the middle is not sampled
+    assert archive_io.file_fingerprint(path)["sample_sha256"] == first["sample_sha256"]
+
+
+def test_unlisted_file_is_refused(archive_copy):
+    """Check a file that verified.json does not list is not read."""
+    root = archive_copy("isic2019")
+    _verify(root, "isic2019")
+    with ArchiveFolder(root) as archive, pytest.raises(IngestError, match="not listed"):
+        archive.read("synthetic_truth/truth.csv")
