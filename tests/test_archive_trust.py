@@ -120,3 +120,41 @@ def test_unlisted_file_is_refused(archive_copy):
     _verify(root, "isic2019")
     with ArchiveFolder(root) as archive, pytest.raises(IngestError, match="not listed"):
         archive.read("synthetic_truth/truth.csv")
+
+
+# ----------------------------------------------------------------------------- 21.5
+
+
+def test_member_inflating_beyond_the_bound_is_refused_before_inflating(archive_copy, monkeypatch):
+    """Check a member whose declared size exceeds the bound is refused before it is inflated,
+    naming archive and member (issue 21.5: a 7.8 MB zip inflating to 3 GiB)."""
+    monkeypatch.setattr(archive_io, "MAX_MEMBER_BYTES", 2**20)
+    root = archive_copy("isic2019")
+    path = root / "ISIC_2019_Training_Input.zip"
+    with zipfile.ZipFile(path) as source:
+        victim = sorted(n for n in source.namelist() if n.endswith(".jpg"))[0]
+    bomb = _rezip(path, lambda name, data: bytes(3 * 2**20) if name == victim else data)
+    path.write_bytes(bomb)
+    inflated = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "open",
+        lambda self, name, *a, **k: inflated.append(name) or real_open(self, name, *a, **k),
+    )
+    with pytest.raises(IngestError, match=rf"member '{victim}' inflates to 3145728 bytes"):
+        check_images(root, "isic2019", 0, n_shards=1)
+    assert victim not in [getattr(n, "filename", n) for n in inflated]
+
+
+def test_member_lying_about_its_size_is_stopped_while_inflating(tmp_path, monkeypatch):
+    """Check a member declaring a small size cannot inflate beyond it (zipfile stops at the
+    declared size and fails the CRC; the counted read is a second guard): an IngestError."""
+    monkeypatch.setattr(archive_io, "MAX_MEMBER_BYTES", 2**20)
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("d/x.png", bytes(3 * 2**20))
+    with ArchiveFolder(tmp_path) as folder:
+        folder.zip("a.zip").getinfo("d/x.png").file_size = 10  # the directory lies
+        with pytest.raises(IngestError, match=r"member 'd/x\.png'"):
+            folder.read("a.zip::d/x.png")

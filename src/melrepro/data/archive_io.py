@@ -16,6 +16,8 @@ import pandas as pd
 from melrepro.data.layouts import CsvSpec
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
+    "MAX_MEMBER_BYTES",
     "VERIFIED",
     "ArchiveFolder",
     "IngestError",
@@ -31,6 +33,14 @@ logger = logging.getLogger(__name__)
 URI_SEPARATOR = "::"
 #: The stamp verify_archives writes next to a dataset's official files.
 VERIFIED = "verified.json"
+#: The largest official images are about 6000x4000 px (ISIC 2017 and 2020 hold some of ~6700x4500).
+#: Twice that in each dimension is far beyond any official image: a bigger one is refused before
+#: it is decoded (Pillow would otherwise allocate width x height x channels bytes).
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: No member of an official archive (image, mask or CSV) is larger than an uncompressed 8-bit RGB
+#: image of MAX_IMAGE_PIXELS (192 MiB): a member that inflates beyond this (a zip bomb) is refused
+#: before inflating (ZipInfo.file_size) and while inflating (the declared size can lie).
+MAX_MEMBER_BYTES = 3 * MAX_IMAGE_PIXELS + 2**20
 #: Bytes hashed at each end of a file for its cheap fingerprint (the whole file when smaller).
 SAMPLE_BYTES = 2**20
 
@@ -216,11 +226,17 @@ class ArchiveFolder:
             path = self.path(file)
             if not path.exists():
                 raise IngestError(f"{path}: file is missing")
+            size = path.stat().st_size
+            if size > MAX_MEMBER_BYTES:
+                raise IngestError(
+                    f"{path}: {size} bytes; expected at most {MAX_MEMBER_BYTES} bytes (no official "
+                    "image or CSV is that large)"
+                )
             data = path.read_bytes()
             self._check_bytes(file, data)
             return data
         try:
-            return self.zip(file).read(member)
+            return self._read_member(file, member)
         except KeyError:
             raise IngestError(f"{self.path(file)}: member {member!r} is missing") from None
         except (zipfile.BadZipFile, OSError, EOFError) as error:
@@ -228,6 +244,29 @@ class ArchiveFolder:
                 f"{self.path(file)}: member {member!r} cannot be read ({error}); "
                 "the zip is truncated or corrupt: download it again"
             ) from None
+
+    def _read_member(self, file: str, member: str) -> bytes:
+        """Inflate one member, refusing more than :data:`MAX_MEMBER_BYTES` (a zip bomb)."""
+        archive = self.zip(file)
+        info = archive.getinfo(member)
+        limit = MAX_MEMBER_BYTES
+        if info.file_size > limit:
+            raise IngestError(
+                f"{self.path(file)}: member {member!r} inflates to {info.file_size} bytes "
+                f"({info.compress_size} compressed); expected at most {limit} bytes (no official "
+                "image, mask or CSV is that large): the archive is corrupt or hostile"
+            )
+        chunks, total = [], 0
+        with archive.open(info) as fh:
+            while block := fh.read(2**20):
+                total += len(block)
+                if total > limit:
+                    raise IngestError(
+                        f"{self.path(file)}: member {member!r} inflates beyond {limit} bytes "
+                        f"(it declares {info.file_size}); the archive is corrupt or hostile"
+                    )
+                chunks.append(block)
+        return b"".join(chunks)
 
     def exists(self, uri: str) -> bool:
         file, member = split_uri(uri)
