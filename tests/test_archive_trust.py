@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from melrepro.data import archive_io
 from melrepro.data.archive_io import ArchiveFolder, IngestError
 from melrepro.data.download import verify_archives
+from melrepro.data.imagecache import cache_images
 from melrepro.data.layouts import layout
-from melrepro.data.manifests import check_images, index_dataset
+from melrepro.data.manifests import build_manifest, check_images, index_dataset
 
 
 def _verify(root: Path, dataset: str) -> None:
@@ -158,3 +163,75 @@ def test_member_lying_about_its_size_is_stopped_while_inflating(tmp_path, monkey
         folder.zip("a.zip").getinfo("d/x.png").file_size = 10  # the directory lies
         with pytest.raises(IngestError, match=r"member 'd/x\.png'"):
             folder.read("a.zip::d/x.png")
+
+
+# ----------------------------------------------------------------------------- 21.6
+
+
+def _png(size=(4, 3)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _huge_png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` (its data is a 1x1 image's)."""
+    data = bytearray(_png((1, 1)))
+    ihdr = 8 + 8  # signature, then length + b"IHDR"
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def _first_mask(root: Path) -> tuple[Path, str]:
+    path = root / "ISIC-2017_Training_Part1_GroundTruth.zip"
+    with zipfile.ZipFile(path) as archive:
+        return path, sorted(n for n in archive.namelist() if n.endswith(".png"))[0]
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [lambda data: data[: len(data) // 2], lambda data: b"not a png at all", lambda data: None],
+    ids=["truncated", "undecodable", "40000x40000"],
+)
+def test_bad_mask_names_archive_member_and_expectation(archive_copy, corrupt):
+    """Check a truncated, undecodable or huge mask fails check_images naming the zip, the member
+    and what was expected, not with a bare PIL traceback (issue 21.6)."""
+    root = archive_copy("isic2017")
+    path, victim = _first_mask(root)
+    new = _rezip(
+        path,
+        lambda name, data: (
+            (corrupt(data) or _huge_png_header(40000, 40000)) if name == victim else data
+        ),
+    )
+    path.write_bytes(new)
+    with pytest.raises(IngestError) as info:
+        check_images(root, "isic2017", 0, n_shards=1)
+    message = str(info.value)
+    assert f"{path.name}::{victim}" in message or f"{path.name}/{victim}" in message, message
+    assert "expected" in message
+    assert "BytesIO" not in message
+
+
+def test_empty_csv_is_named(archive_copy):
+    """Check an empty CSV is an IngestError naming it, not pandas' EmptyDataError."""
+    root = archive_copy("isic2019")
+    (root / "ISIC_2019_Training_Metadata.csv").write_bytes(b"")
+    with pytest.raises(IngestError, match=r"ISIC_2019_Training_Metadata\.csv: the file is empty"):
+        index_dataset(root, "isic2019")
+
+
+def test_cache_images_names_a_mask_it_cannot_decode(archive_copy, tmp_path):
+    """Check cache_images names the member when a mask fails to decode (issue 21.6)."""
+    root = archive_copy("isic2017")
+    checks = check_images(root, "isic2017", 0, n_shards=1)
+    manifest, _, _ = build_manifest(index_dataset(root, "isic2017"), checks)
+    path, victim = _first_mask(root)
+    path.write_bytes(
+        _rezip(path, lambda name, data: data[: len(data) // 2] if name == victim else data)
+    )
+    manifest["shard"] = 0
+    with pytest.raises(IngestError, match=rf"{re.escape(victim)}: cannot be decoded .*expected"):
+        cache_images(manifest, root, 0, "sq32", tmp_path / "shard.npz")

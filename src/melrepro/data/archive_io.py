@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +25,7 @@ __all__ = [
     "at_row",
     "file_fingerprint",
     "first_row",
+    "describe_error",
     "read_checked_csv",
     "split_uri",
 ]
@@ -67,6 +69,12 @@ def file_fingerprint(path: str | Path) -> dict[str, object]:
         "mtime_ns": info.st_mtime_ns,
         "sample_sha256": digest.hexdigest(),
     }
+
+
+def describe_error(error: BaseException) -> str:
+    """``"<Type>: <message>"`` without the in-memory buffer Pillow names (``<_io.BytesIO ...>``)."""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error)).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _full_sha256(path: Path) -> str:
@@ -347,6 +355,10 @@ def read_checked_csv(archive: ArchiveFolder, spec: CsvSpec) -> pd.DataFrame | No
     raw = archive.read(spec.file)
     try:
         frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise IngestError(
+            f"{where}: the file is empty; expected a CSV with the columns {list(spec.columns)}"
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise IngestError(f"{where}: not a readable CSV ({error})") from None
     frame.columns = [c.strip() for c in frame.columns]

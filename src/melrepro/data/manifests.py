@@ -25,11 +25,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from melrepro.data import archive_io
 from melrepro.data.archive_io import (
     URI_SEPARATOR,
     ArchiveFolder,
     IngestError,
     at_row,
+    describe_error,
     first_row,
     read_checked_csv,
 )
@@ -446,9 +448,49 @@ def index_dataset(archive_root: str | Path, dataset: str, *, n_shards: int = 1) 
     return frame.sort_values("image_id", ignore_index=True)
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
+def _check_mask(
+    where: str, data: bytes, expected: tuple[int, int], image_uri: str, *, nonempty: bool
+) -> bool | None:
+    """Decode one mask and check its size; return whether it has any pixel set (``nonempty``).
+
+    Every failure is an :class:`IngestError` naming the archive member and what was expected.
+    """
+    wanted = f"a PNG mask of {expected[0]}x{expected[1]} px, the size of its image {image_uri}"
+    try:
+        with Image.open(io.BytesIO(data)) as mask:
+            size = mask.size
+            if size[0] * size[1] > archive_io.MAX_IMAGE_PIXELS:
+                raise IngestError(
+                    f"{where}: mask is {size[0]}x{size[1]} px, more than the "
+                    f"{archive_io.MAX_IMAGE_PIXELS} px of the largest official image; expected "
+                    f"{wanted}"
+                )
+            if size != expected:
+                raise IngestError(
+                    f"{where}: mask is {size[0]}x{size[1]} px; expected the size of its image "
+                    f"{image_uri} ({expected[0]}x{expected[1]} px)"
+                )
+            mask.load()  # a truncated mask fails here, not in a later cache job
+            return bool(np.asarray(mask).any()) if nonempty else None
+    except IngestError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any decoder failure, named
+        raise IngestError(
+            f"{where}: mask cannot be decoded ({describe_error(error)}); expected {wanted}"
+        ) from None
+
+
+def _check_image(data: bytes) -> tuple[int, int]:
+    """Decode one image; its size. Raises (to be quarantined) on any failure or a huge image."""
     with Image.open(io.BytesIO(data)) as image:
-        return image.size
+        width, height = image.size
+        if width * height > archive_io.MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"{width}x{height} px, more than the {archive_io.MAX_IMAGE_PIXELS} px of the "
+                "largest official image"
+            )
+        image.load()
+    return width, height
 
 
 def check_images(
@@ -479,14 +521,12 @@ def check_images(
         ):
             row = {"image_id": record.image_id, "width": pd.NA, "height": pd.NA}
             try:
-                with Image.open(io.BytesIO(archive.read(record.image_uri))) as image:
-                    image.load()
-                    row["width"], row["height"] = image.size
+                row["width"], row["height"] = _check_image(archive.read(record.image_uri))
                 row["decodable"], row["error"] = True, ""
             except IngestError:
                 raise
             except Exception as error:  # noqa: BLE001 - any decoder failure is quarantined
-                row["decodable"], row["error"] = False, f"{type(error).__name__}: {error}"
+                row["decodable"], row["error"] = False, describe_error(error)
                 rows.append(row)
                 continue
             expected = (row["width"], row["height"])
@@ -496,17 +536,15 @@ def check_images(
             for column, uri in mask_uris:
                 if uri is None or uri is pd.NA or (isinstance(uri, float) and np.isnan(uri)):
                     continue
-                data = archive.read(uri)
-                size = _png_size(data)
-                if size != expected:
-                    raise IngestError(
-                        f"{archive_root}/{uri}: mask is {size[0]}x{size[1]} px; expected the "
-                        f"size of its image {record.image_uri} ({expected[0]}x{expected[1]} px)"
-                    )
+                nonempty = _check_mask(
+                    f"{archive_root}/{uri}",
+                    archive.read(uri),
+                    expected,
+                    record.image_uri,
+                    nonempty=column != "mask",
+                )
                 if column != "mask":
-                    with Image.open(io.BytesIO(data)) as mask:
-                        name = column.removesuffix("_uri")
-                        row[f"{name}_nonempty"] = bool(np.asarray(mask).any())
+                    row[f"{column.removesuffix('_uri')}_nonempty"] = nonempty
             rows.append(row)
     columns = list(CHECK_COLUMNS) + [c.replace("_uri", "_nonempty") for c in attribute_columns]
     checks = pd.DataFrame(rows, columns=columns)
