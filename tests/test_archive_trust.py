@@ -15,15 +15,22 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
-from melrepro.data import archive_io
+from melrepro.data import archive_io, download
 from melrepro.data.archive_io import ArchiveFolder, IngestError
-from melrepro.data.download import verify_archives
+from melrepro.data.download import DownloadError, verify_archives
 from melrepro.data.imagecache import cache_images
 from melrepro.data.layouts import layout
-from melrepro.data.manifests import build_manifest, check_images, index_dataset
+from melrepro.data.manifests import (
+    build_manifest,
+    check_images,
+    index_dataset,
+    ingest_dataset,
+    manifest_metadata,
+)
 
 
 def _verify(root: Path, dataset: str) -> None:
@@ -235,3 +242,119 @@ def test_cache_images_names_a_mask_it_cannot_decode(archive_copy, tmp_path):
     manifest["shard"] = 0
     with pytest.raises(IngestError, match=rf"{re.escape(victim)}: cannot be decoded .*expected"):
         cache_images(manifest, root, 0, "sq32", tmp_path / "shard.npz")
+
+
+# ----------------------------------------------------------------------------- 21.7
+
+
+def _edit_csv(path: Path, edit) -> None:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(frame)
+    frame.to_csv(path, index=False)
+
+
+def test_duplicate_member_names_are_refused(archive_copy):
+    """Check a zip holding one name twice is refused (the manifest would take the last)."""
+    root = archive_copy("isic2019")
+    path = root / "ISIC_2019_Training_Input.zip"
+    with zipfile.ZipFile(path) as source:
+        victim = sorted(n for n in source.namelist() if n.endswith(".jpg"))[0]
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as target:
+        target.writestr(victim, b"another image")
+    with pytest.raises(IngestError, match=rf"member '{victim}' appears more than once"):
+        index_dataset(root, "isic2019")
+
+
+def test_metadata_cut_mid_row_is_refused(archive_copy):
+    """Check a metadata CSV cut inside a row fails, naming file and row (ages were NA)."""
+    root = archive_copy("isic2019")
+    path = root / "ISIC_2019_Training_Metadata.csv"
+    path.write_bytes(path.read_bytes().rstrip(b"\n").rsplit(b",", 3)[0] + b"\n")
+    with pytest.raises(IngestError, match=r"Metadata\.csv, row \d+ .*fewer than the header"):
+        index_dataset(root, "isic2019")
+
+
+def test_metadata_cut_at_a_row_boundary_is_counted(archive_copy, tmp_path):
+    """Check images left without a metadata row are counted in the manifest's metadata."""
+    root = archive_copy("isic2019")
+    path = root / "ISIC_2019_Training_Metadata.csv"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-2]))
+    checks = tmp_path / "checks.parquet"
+    check_images(root, "isic2019", 0, n_shards=1).to_parquet(checks)
+    ingest_dataset(
+        root, "isic2019", [checks], tmp_path / "m.parquet", tmp_path / "q.csv", n_shards=1
+    )
+    assert manifest_metadata(tmp_path / "m.parquet")["warnings"] == {"images_without_metadata": 2}
+
+
+def test_good_manifest_has_no_warnings_key(archive_copy, tmp_path):
+    """Check the manifest metadata of good input is exactly as before (no warnings key)."""
+    root = archive_copy("isic2019")
+    checks = tmp_path / "checks.parquet"
+    check_images(root, "isic2019", 0, n_shards=1).to_parquet(checks)
+    ingest_dataset(
+        root, "isic2019", [checks], tmp_path / "m.parquet", tmp_path / "q.csv", n_shards=1
+    )
+    assert "warnings" not in manifest_metadata(tmp_path / "m.parquet")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "file", "column"),
+    [
+        ("isic2019", "ISIC_2019_Training_Metadata.csv", "age_approx"),
+        ("isic2020", "ISIC_2020_Training_GroundTruth_v2.csv", "age_approx"),
+        ("isic2020", "ISIC_2020_Test_Metadata.csv", "age_approx"),
+    ],
+)
+@pytest.mark.parametrize("age", ["-5", "1e400", "200"])
+def test_implausible_age_is_refused(archive_copy, dataset, file, column, age):
+    """Check an age of -5, 1e400 (inf) or 200 fails, naming the image (it was accepted)."""
+    root = archive_copy(dataset)
+    _edit_csv(root / file, lambda frame: frame.__setitem__(column, [age] * len(frame)))
+    with pytest.raises(IngestError, match=rf"{dataset}: image '.*' has age .*expected 0 to 120"):
+        index_dataset(root, dataset)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "file"),
+    [
+        ("isic2019", "ISIC_2019_Training_Metadata.csv"),
+        ("isic2020", "ISIC_2020_Training_GroundTruth_v2.csv"),
+        ("isic_archive_melanoma", "images/metadata.csv"),
+    ],
+)
+def test_unknown_sex_value_is_refused(archive_copy, dataset, file):
+    """Check sex 'M' fails naming file, row and column instead of becoming NA."""
+    root = archive_copy(dataset)
+    path = root / file
+    if "sex" not in pd.read_csv(path, nrows=0).columns:
+        pytest.skip(f"the twin's {file} has no sex column")
+    _edit_csv(path, lambda frame: frame.__setitem__("sex", ["M"] * len(frame)))
+    if dataset == "isic_archive_melanoma":
+        (root / "verified.json").unlink(missing_ok=True)
+    with pytest.raises(IngestError, match=r"row 1 \(line 2\), column 'sex': 'M'; expected male"):
+        index_dataset(root, dataset)
+
+
+def test_isic2019_metadata_row_without_image_is_refused(archive_copy):
+    """Check a metadata row for an image in no zip fails for ISIC 2019 as for HAM10000."""
+    root = archive_copy("isic2019")
+    path = root / "ISIC_2019_Training_Metadata.csv"
+    lines = path.read_text().splitlines()
+    extra = "ISIC_9999999," + lines[1].split(",", 1)[1]
+    path.write_text("\n".join([*lines, extra]) + "\n")
+    with pytest.raises(IngestError, match=r"metadata for 'ISIC_9999999', which is in no image"):
+        index_dataset(root, "isic2019")
+
+
+@pytest.mark.parametrize("bad", ["../../../etc/passwd", "/tmp/x", "ISIC_12"])
+def test_archive_melanoma_ids_must_be_isic_ids(archive_copy, bad):
+    """Check ids from the melanomas' metadata.csv are ISIC ids before any path is built."""
+    root = archive_copy("isic_archive_melanoma")
+    path = root / "images" / "metadata.csv"
+    _edit_csv(path, lambda frame: frame.__setitem__("isic_id", [bad, *frame["isic_id"][1:]]))
+    with pytest.raises(IngestError, match=r"column 'isic_id'.*expected an ISIC id"):
+        index_dataset(root, "isic_archive_melanoma")
+    with pytest.raises(DownloadError, match="not ISIC ids"):
+        download._melanoma_files(root / "images", limit=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import difflib
 import hashlib
 import io
@@ -138,6 +139,8 @@ class ArchiveFolder:
         self.root = Path(root)
         self._zips: dict[str, zipfile.ZipFile] = {}
         self._checked: set[str] = set()
+        #: Counted warnings (``images_without_metadata``...), recorded in the manifest.
+        self.warnings: dict[str, int] = {}
         self._verified: dict[str, dict] | None = None
         stamp = self.root / VERIFIED
         if stamp.is_file():
@@ -149,6 +152,11 @@ class ArchiveFolder:
                     f"{stamp}: not a verified.json written by verify_archives ({error}); "
                     "delete it so that verify_archives runs again"
                 ) from None
+
+    def warn(self, key: str, count: int, message: str) -> None:
+        """Count ``count`` under ``key`` and log ``message`` (a warning kept in the manifest)."""
+        self.warnings[key] = self.warnings.get(key, 0) + count
+        logger.warning("%s", message)
 
     def _changed(self, name: str, detail: str) -> IngestError:
         return IngestError(
@@ -210,8 +218,17 @@ class ArchiveFolder:
                     f"{path}: not a readable zip ({error}); the file is truncated or corrupt: "
                     "download it again"
                 ) from None
-            for member in archive.namelist():
+            names = archive.namelist()
+            for member in names:
                 _check_member_name(path, member)
+            if len(set(names)) != len(names):
+                seen: set[str] = set()
+                twice = next(n for n in names if n in seen or seen.add(n))
+                archive.close()
+                raise IngestError(
+                    f"{path}: member {twice!r} appears more than once; expected each name once "
+                    "(a reader would silently take one of them)"
+                )
             self._zips[name] = archive
         return self._zips[name]
 
@@ -333,6 +350,25 @@ def _parse_column(values: pd.Series, kind: str, where: str, column: str) -> pd.S
     return parsed.astype("Float64")
 
 
+def _check_field_counts(raw: bytes, where: str, width: int) -> None:
+    """Refuse a row with fewer fields than the header (pandas would fill them in as empty).
+
+    That is how a CSV cut inside its last row looks; ages and sites would silently be missing.
+    """
+    rows = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace")))
+    next(rows, None)
+    position = 0
+    for row in rows:
+        if not row:
+            continue
+        if len(row) < width:
+            raise IngestError(
+                f"{at_row(where, position)}: {len(row)} field(s), fewer than the header's "
+                f"{width}; the file is cut short or corrupt"
+            )
+        position += 1
+
+
 def read_checked_csv(archive: ArchiveFolder, spec: CsvSpec) -> pd.DataFrame | None:
     """Read an official CSV and check its header, ids and column types.
 
@@ -361,6 +397,7 @@ def read_checked_csv(archive: ArchiveFolder, spec: CsvSpec) -> pd.DataFrame | No
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise IngestError(f"{where}: not a readable CSV ({error})") from None
+    _check_field_counts(raw, where, len(frame.columns))
     frame.columns = [c.strip() for c in frame.columns]
     missing = [c for c in spec.columns if c not in frame.columns]
     if missing:

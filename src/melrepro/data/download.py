@@ -79,6 +79,7 @@ _MELANOMA_DATASET = "isic_archive_melanoma"
 
 _USER_AGENT = f"melanoma-repro/{__version__} (+python-urllib)"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ISIC_ID = re.compile(r"ISIC_\d{7}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 #: HTTP codes after which a host is not asked again for this file.
@@ -854,6 +855,13 @@ def _melanoma_files(outdir: Path, *, limit: int) -> list[Path]:
         if "isic_id" not in (reader.fieldnames or []):
             raise DownloadError(f"{metadata} has no isic_id column: {reader.fieldnames}")
         ids = [row["isic_id"] for row in reader]
+    # The ids become file names: only ISIC ids, never a path (absolute, ../) or anything else.
+    odd = [i for i in ids if not _ISIC_ID.fullmatch(i or "")]
+    if odd:
+        raise DownloadError(
+            f"{metadata}: {len(odd)} isic_id value(s) are not ISIC ids, first {odd[0]!r}; "
+            "expected ISIC_ followed by 7 digits"
+        )
     missing = [i for i in ids if not (outdir / f"{i}.jpg").is_file()]
     if missing:
         raise DownloadError(

@@ -172,9 +172,70 @@ def _age(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.astype("string").str.strip(), errors="coerce").astype("Float64")
 
 
-def _sex(values: pd.Series) -> pd.Series:
+#: Values of a sex column that mean "not recorded".
+_NO_SEX = ("", "unknown", "nan", "na")
+
+
+def _sex(values: pd.Series, where: object = "metadata") -> pd.Series:
+    """``male``/``female``, missing for blank or ``unknown``; anything else is an IngestError.
+
+    (``M``, ``f``, ``1``... are not silently turned into missing values.)
+    """
     lowered = values.astype("string").str.strip().str.lower()
+    odd = lowered.notna() & ~lowered.isin(["male", "female", *_NO_SEX])
+    if odd.any():
+        position = first_row(odd)
+        raise IngestError(
+            f"{at_row(str(where), position, 'sex')}: {values.iloc[position]!r}; expected male, "
+            "female, unknown or empty"
+        )
     return lowered.where(lowered.isin(["male", "female"]))
+
+
+#: Plausible ages in years (the official metadata gives 0 to 90, in steps of 5).
+AGE_RANGE = (0.0, 120.0)
+
+
+def _check_ages(frame: pd.DataFrame, dataset: str) -> None:
+    """Refuse an age below 0, above 120 or infinite (``-5``, ``1e400``), naming the image."""
+    if "age" not in frame.columns:
+        return
+    ages = pd.to_numeric(frame["age"], errors="coerce").astype("Float64")
+    low, high = AGE_RANGE
+    finite = ages.notna()
+    bad = finite & ((ages < low) | (ages > high) | ages.isin([np.inf, -np.inf]))
+    if bad.any():
+        position = first_row(bad)
+        raise IngestError(
+            f"{dataset}: image {frame['image_id'].iloc[position]!r} has age "
+            f"{float(ages.iloc[position])!r}; expected {low:g} to {high:g} years or empty"
+        )
+
+
+def _match_metadata(
+    archive: ArchiveFolder, image_ids: pd.Series, meta_ids: pd.Series, csv_name: str
+) -> None:
+    """A metadata row for an image in no zip is an error; images without a row are counted.
+
+    Every dataset is treated alike (HAM10000's metadata already raised on unknown images): a
+    metadata CSV cut short at a row boundary shows up as ``images_without_metadata`` in the
+    manifest's metadata and the log, instead of silently missing ages.
+    """
+    where = archive.path(csv_name.split("::")[0])
+    unknown = ~meta_ids.isin(set(image_ids))
+    if unknown.any():
+        row = first_row(unknown)
+        raise IngestError(
+            f"{at_row(where, row)}: metadata for {meta_ids.iloc[row]!r}, which is in no image "
+            "zip; expected rows for the dataset's images only"
+        )
+    missing = int((~image_ids.isin(set(meta_ids))).sum())
+    if missing:
+        archive.warn(
+            "images_without_metadata",
+            missing,
+            f"{where}: {missing} image(s) have no metadata row (age, sex... missing)",
+        )
 
 
 def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
@@ -214,8 +275,12 @@ def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
         frame = frame.join(_raw(labels, "image_id").drop(columns="image_id", errors="ignore"))
         metadata = read_checked_csv(archive, image_set.metadata)
         if metadata is not None:
+            _match_metadata(
+                archive, frame["image_id"], metadata["image_id"], image_set.metadata.file
+            )
             meta = metadata.set_index("image_id")
             frame["age"] = _age(frame["image_id"].map(meta["age_approximate"]))
+            _sex(metadata["sex"], archive.path(image_set.metadata.file))  # rows named
             frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
         parts.append(frame)
     return pd.concat(parts, ignore_index=True)
@@ -232,6 +297,13 @@ def _index_archive_melanoma(archive: ArchiveFolder, spec: DatasetLayout) -> pd.D
         if _IMAGE_RE.match(p.name)
     }
     metadata = read_checked_csv(archive, image_set.labels)
+    odd = ~metadata["isic_id"].str.fullmatch(r"ISIC_\d{7}").fillna(False).astype(bool)
+    if odd.any():
+        row = first_row(odd)
+        raise IngestError(
+            f"{at_row(archive.path(image_set.labels.file), row, 'isic_id')}: "
+            f"{metadata['isic_id'].iloc[row]!r}; expected an ISIC id (ISIC_ and 7 digits)"
+        )
     _match_labels(archive, images, metadata["isic_id"], image_set.labels.file, image_set)
     frame = pd.DataFrame({"image_id": metadata["isic_id"]})
     frame["official_split"] = "train"
@@ -252,7 +324,7 @@ def _index_archive_melanoma(archive: ArchiveFolder, spec: DatasetLayout) -> pd.D
     frame["target"] = 1
     frame["image_uri"] = frame["image_id"].map(images)
     if "sex" in metadata.columns:
-        frame["sex"] = _sex(metadata["sex"])
+        frame["sex"] = _sex(metadata["sex"], archive.path(image_set.labels.file))
     if "age_approx" in metadata.columns:
         frame["age"] = _age(metadata["age_approx"])
     if "anatom_site_general" in metadata.columns:
@@ -307,8 +379,15 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
         frame = frame.join(_raw(labels, id_column).drop(columns=id_column, errors="ignore"))
         metadata = read_checked_csv(archive, image_set.metadata) if image_set.metadata else None
         if metadata is not None:
+            _match_metadata(
+                archive,
+                frame["image_id"],
+                metadata[image_set.metadata.id_column],
+                image_set.metadata.file,
+            )
             meta = metadata.set_index(image_set.metadata.id_column)
             frame["age"] = frame["image_id"].map(meta["age_approx"]).astype("Float64")
+            _sex(metadata["sex"], archive.path(image_set.metadata.file))  # rows named
             frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
             frame["site"] = frame["image_id"].map(meta["anatom_site_general"])
             frame["lesion_id"] = frame["image_id"].map(meta["lesion_id"])
@@ -328,6 +407,7 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
         meta = ham.set_index("image_id")
         frame["lesion_id"] = frame["image_id"].map(meta["lesion_id"])
         frame["age"] = frame["image_id"].map(meta["age"]).astype("Float64")
+        _sex(ham["sex"], archive.path(extra.file))  # rows named
         frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
         frame["site"] = frame["image_id"].map(meta["localization"])
         frame["raw_dx"] = frame["image_id"].map(meta["dx"])
@@ -353,7 +433,7 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
     train["label"] = np.where(train["target"] == 1, "melanoma", "benign")
     train["patient_id"] = labels["patient_id"]
     train["lesion_id"] = labels["lesion_id"]
-    train["sex"] = _sex(labels["sex"])
+    train["sex"] = _sex(labels["sex"], archive.path(train_set.labels.file))
     train["age"] = labels["age_approx"]
     train["site"] = labels["anatom_site_general_challenge"]
     train["image_uri"] = train["image_id"].map(images)
@@ -367,7 +447,7 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
     test["label"] = "unknown"
     test["target"] = pd.NA
     test["patient_id"] = metadata["patient"]
-    test["sex"] = _sex(metadata["sex"])
+    test["sex"] = _sex(metadata["sex"], archive.path(test_set.metadata.file))
     test["age"] = metadata["age_approx"]
     test["site"] = metadata["anatom_site_general"]
     test["image_uri"] = test["image_id"].map(test_images)
@@ -425,6 +505,8 @@ def index_dataset(archive_root: str | Path, dataset: str, *, n_shards: int = 1) 
     spec = layout(dataset)
     with ArchiveFolder(archive_root) as archive:
         frame = _INDEXERS[dataset](archive, spec)
+        warnings = dict(archive.warnings)
+    _check_ages(frame, dataset)
     duplicated = frame["image_id"].duplicated()
     if duplicated.any():
         raise IngestError(
@@ -445,7 +527,11 @@ def index_dataset(archive_root: str | Path, dataset: str, *, n_shards: int = 1) 
         + [c for c in rest if not c.startswith("raw_")]
         + [c for c in rest if c.startswith("raw_")]
     ]
-    return frame.sort_values("image_id", ignore_index=True)
+    frame = frame.sort_values("image_id", ignore_index=True)
+    # Counted warnings travel to build_manifest, which records them in the manifest's metadata.
+    if warnings:  # (only then: a frame without attrs is written exactly as before)
+        frame.attrs["ingest_warnings"] = warnings
+    return frame
 
 
 def _check_mask(
@@ -618,6 +704,10 @@ def build_manifest(
         "dropped_undecodable": int(bad.sum()),
         "on_undecodable": on_undecodable,
     }
+    warnings = index.attrs.get("ingest_warnings") or {}
+    manifest.attrs = {}  # pyarrow would store attrs in the parquet file: they go to `metadata`
+    if warnings:  # only when there is something to say: good input keeps its metadata
+        metadata["warnings"] = dict(sorted(warnings.items()))
     return manifest, quarantine, metadata
 
 
