@@ -358,3 +358,46 @@ def test_archive_melanoma_ids_must_be_isic_ids(archive_copy, bad):
         index_dataset(root, "isic_archive_melanoma")
     with pytest.raises(DownloadError, match="not ISIC ids"):
         download._melanoma_files(root / "images", limit=1)
+
+
+# ----------------------------------------------------------------------------- 21.8
+
+
+def test_quarantine_list_of_a_failed_ingest_survives_and_is_named(archive_copy, tmp_path):
+    """Check the list of undecodable images goes where the failed job's clean-up cannot delete
+    it, the message names that file, and no Pillow buffer repr is in it (issue 21.8)."""
+    root = archive_copy("isic2020")
+    path = root / "ISIC_2020_Training_JPEG.zip"
+    with zipfile.ZipFile(path) as source:
+        victim = sorted(n for n in source.namelist() if n.endswith(".jpg"))[0]
+    path.write_bytes(_rezip(path, lambda name, data: b"garbage" if name == victim else data))
+    checks = tmp_path / "checks.parquet"
+    check_images(root, "isic2020", 0, n_shards=1).to_parquet(checks)
+    outputs = tmp_path / "results"
+    listing = tmp_path / "logs" / "ingest_dataset" / "isic2020.quarantine.csv"
+    with pytest.raises(IngestError) as info:
+        ingest_dataset(
+            root,
+            "isic2020",
+            [checks],
+            outputs / "manifest.parquet",
+            outputs / "quarantine.csv",
+            n_shards=1,
+            failed_listing=listing,
+        )
+    shutil.rmtree(outputs, ignore_errors=True)  # Snakemake removes a failed job's outputs
+    assert f"listed in {listing}" in str(info.value)
+    assert "BytesIO" not in str(info.value)
+    assert Path(victim).stem in listing.read_text()
+
+
+def test_messages_show_numbers_plainly(archive_copy):
+    """Check a bad target reads `2`, not `np.int64(2)`."""
+    root = archive_copy("isic2020")
+    _edit_csv(
+        root / "ISIC_2020_Training_GroundTruth_v2.csv",
+        lambda frame: frame.__setitem__("target", ["2"] * len(frame)),
+    )
+    with pytest.raises(IngestError, match=r"column 'target': 2; expected 0 or 1") as info:
+        index_dataset(root, "isic2020")
+    assert "np." not in str(info.value)

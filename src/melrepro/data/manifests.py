@@ -164,6 +164,11 @@ def _one_hot_label(frame: pd.DataFrame, columns: tuple[str, ...], where: str) ->
     return pd.Series(np.asarray(columns)[values.argmax(axis=1)], index=frame.index)
 
 
+def _show(value: object) -> str:
+    """A value as a message shows it: ``2``, not ``np.int64(2)``."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _raw(frame: pd.DataFrame, id_column: str) -> pd.DataFrame:
     return frame.rename(columns={c: f"raw_{c}" for c in frame.columns if c != id_column})
 
@@ -253,7 +258,7 @@ def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
                 row = first_row(bad)
                 raise IngestError(
                     f"{at_row(where, row, column)}: "
-                    f"{labels[column].iloc[row]!r}; expected 0.0 or 1.0"
+                    f"{_show(labels[column].iloc[row])}; expected 0.0 or 1.0"
                 )
         both = (labels["melanoma"] == 1.0) & (labels["seborrheic_keratosis"] == 1.0)
         if both.any():
@@ -425,7 +430,7 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
         row = first_row(bad)
         raise IngestError(
             f"{at_row(archive.path(train_set.labels.file), row, 'target')}: "
-            f"{labels['target'].iloc[row]!r}; expected 0 or 1"
+            f"{_show(labels['target'].iloc[row])}; expected 0 or 1"
         )
     train = pd.DataFrame({"image_id": labels["image_name"]})
     train["official_split"] = "train"
@@ -690,8 +695,8 @@ def build_manifest(
     if bad.any() and on_undecodable == "fail":
         first = "; ".join(f"{r.image_uri}: {r.error}" for r in quarantine.head(3).itertuples())
         raise IngestError(
-            f"{len(quarantine)} image(s) cannot be decoded ({first}); they are listed in "
-            "quarantine.csv. Re-download the archive, or set data.on_undecodable: drop"
+            f"{len(quarantine)} image(s) cannot be decoded ({first}). Re-download the "
+            "archive, or set data.on_undecodable: drop."
         )
     manifest = merged.loc[~bad].drop(columns=["decodable", "error"]).reset_index(drop=True)
     for column, dtype in MANIFEST_COLUMNS.items():
@@ -730,8 +735,14 @@ def ingest_dataset(
     *,
     n_shards: int,
     on_undecodable: str = "fail",
+    failed_listing: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Index, join the checks, write ``manifest.parquet`` and ``quarantine.csv`` (both or neither)."""
+    """Index, join the checks, write ``manifest.parquet`` and ``quarantine.csv`` (both or neither).
+
+    When undecodable images fail the run, their list is written to ``failed_listing`` (default
+    ``quarantine_path``), which the rule puts outside its outputs (``logs/``): Snakemake deletes
+    the outputs of a failed job, and the message points at the file that survives.
+    """
     index = index_dataset(archive_root, dataset, n_shards=n_shards)
     checks = pd.concat([pd.read_parquet(p) for p in check_paths], ignore_index=True)
     manifest_path, quarantine_path = Path(manifest_path), Path(quarantine_path)
@@ -740,16 +751,20 @@ def ingest_dataset(
         manifest, quarantine, metadata = build_manifest(
             index, checks, on_undecodable=on_undecodable
         )
-    except IngestError:
+    except IngestError as error:
         # The quarantine list is what the user needs to act on: write it even when failing.
         # (Snakemake removes the outputs of a failed job, so the list also goes to the log.)
         bad = checks[~checks["decodable"].astype(bool)]
         listing = bad.merge(index[["image_id", "image_uri"]], on="image_id")[
             ["image_id", "image_uri", "error"]
         ]
-        listing.to_csv(quarantine_path, index=False)
+        target = Path(failed_listing) if failed_listing else quarantine_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        listing.to_csv(target, index=False)
         logger.error("quarantined images:\n%s", listing.to_csv(index=False))
-        raise
+        if listing.empty:
+            raise
+        raise IngestError(f"{error} The undecodable images are listed in {target}.") from None
     tmp = quarantine_path.with_name(quarantine_path.name + ".tmp")
     quarantine.to_csv(tmp, index=False)
     _write_parquet(manifest, manifest_path, metadata)
