@@ -401,3 +401,22 @@ def test_messages_show_numbers_plainly(archive_copy):
     with pytest.raises(IngestError, match=r"column 'target': 2; expected 0 or 1") as info:
         index_dataset(root, "isic2020")
     assert "np." not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- 21.9
+
+
+def test_run_info_records_local_paths_relative_or_by_name(tmp_path):
+    """Check run_info.json does not record the user's absolute archive_dir (issue 21.9)."""
+    from melrepro.report.runinfo import run_info
+
+    config = {
+        "source": "isic",
+        "archive_dir": str(tmp_path / "my" / "archives"),
+        "checksums": "config/archive_checksums.tsv",
+    }
+    info = run_info(data_source="isic", config=config)
+    assert info["config"]["archive_dir"] == "archives"
+    assert info["config"]["checksums"] == "config/archive_checksums.tsv"
+    same = {"source": "isic", "archive_dir": None, "checksums": "config/archive_checksums.tsv"}
+    assert run_info(data_source="isic", config=same)["config"] == same  # the default: unchanged

@@ -13,6 +13,8 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -348,7 +350,8 @@ def test_archive_dir_link_is_verified(lock, tmp_path, nested):
     status = link_archive_file(DATASET, CSV, out, archive_dir=archive_dir, checksums=lock)
     assert out.is_symlink()
     assert out.resolve() == source.resolve()
-    assert (status.status, status.source) == ("recorded", str(source))
+    relative = f"{DATASET}/{CSV}" if nested else CSV
+    assert (status.status, status.source) == ("recorded", f"archive_dir/{relative}")
     assert link_archive_file(DATASET, CSV, out, archive_dir=archive_dir, checksums=lock).status == (
         "verified"
     )
@@ -771,3 +774,35 @@ def test_synthetic_twin_passes_the_content_checks(tiny_archives, dataset):
         files = layout(dataset).files()
     for name in files:
         download.check_official_file(dataset, name, root / name)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def test_verified_json_and_link_records_have_no_local_absolute_paths(lock, tmp_path):
+    """Check verified.json names the lock by a project-relative path or its name, and a linked
+    file's source by its place in archive_dir, not the user's absolute path (issue 21.9)."""
+    archive_dir = tmp_path / "mine"
+    (archive_dir / DATASET).mkdir(parents=True)
+    dataset_dir = tmp_path / "resources" / "archives" / DATASET
+    content = {CSV: CSV_BYTES, META: META_BYTES, ZIP: _zip_bytes()}
+    for name in layout(DATASET).files():
+        (archive_dir / DATASET / name).write_bytes(content[name])
+        link_archive_file(
+            DATASET, name, dataset_dir / name, archive_dir=archive_dir, checksums=lock
+        )
+    paths = [dataset_dir / name for name in layout(DATASET).files()]
+    verify_archives(DATASET, paths, dataset_dir / "verified.json", checksums=lock)
+    text = (dataset_dir / "verified.json").read_text()
+    assert str(tmp_path) not in text
+    assert json.loads(text)["checksums"] == "archive_checksums.tsv"
+
+
+def test_redirect_from_https_to_http_is_refused():
+    """Check a redirect that downgrades https to cleartext http is refused (issue 21.9)."""
+    handler = download._NoDowngradeRedirect()
+    request = urllib.request.Request("https://isic-archive.s3.amazonaws.com/a.zip")
+    with pytest.raises(urllib.error.HTTPError, match="refused redirect from https to http"):
+        handler.redirect_request(request, None, 302, "Found", {}, "http://evil.example/a.zip")
+    follow = handler.redirect_request(request, None, 302, "Found", {}, "https://mirror/a.zip")
+    assert follow.full_url == "https://mirror/a.zip"

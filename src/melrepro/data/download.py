@@ -61,6 +61,7 @@ __all__ = [
     "download_archive_melanomas",
     "isic_download_command",
     "link_archive_file",
+    "portable_path",
     "read_checksums",
     "remote_urls",
     "sha256_file",
@@ -448,7 +449,7 @@ def _dataverse_file_url(api: str, doi: str, name: str, *, timeout_s: float) -> s
     )
     request = urllib.request.Request(listing, headers={"User-Agent": _USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _urlopen(request, timeout=timeout_s) as response:
             files = json.load(response)["data"]
     except (OSError, http.client.HTTPException, ValueError, KeyError) as error:
         logger.warning("could not list Dataverse dataset %s at %s: %s", doi, api, error)
@@ -516,6 +517,30 @@ def remote_urls(
 # ----------------------------------------------------------------------------- HTTP
 
 
+class _NoDowngradeRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, except from https to anything but https (a cleartext downgrade)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+        old = urllib.parse.urlsplit(req.full_url).scheme
+        new = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme
+        if old == "https" and new != "https":
+            raise urllib.error.HTTPError(
+                req.full_url,
+                403,
+                f"refused redirect from https to {new}: {newurl}",
+                headers,
+                fp,
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngradeRedirect)
+
+
+def _urlopen(request: urllib.request.Request, timeout: float):
+    return _OPENER.open(request, timeout=timeout)
+
+
 class _IncompleteTransferError(OSError):
     """The connection ended before the announced number of bytes arrived."""
 
@@ -532,7 +557,7 @@ def _fetch_once(url: str, part: Path, *, name: str, timeout_s: float, chunk: int
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
+        response = _urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
             error.close()
@@ -751,6 +776,18 @@ def download_archive_file(
     )
 
 
+def portable_path(path: str | Path) -> str:
+    """``path`` for a provenance record: relative to the project (the working directory) when
+    inside it, else its name only, so that no local absolute path is written into outputs."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def _find_in_archive_dir(archive_dir: Path, dataset: str, name: str) -> Path:
     candidates = [archive_dir / dataset / name, archive_dir / name]
     for candidate in candidates:
@@ -804,7 +841,8 @@ def link_archive_file(
         raise ValueError(f"{name!r} is not an official file of {dataset}: {layout_files}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    source = _find_in_archive_dir(Path(archive_dir), dataset, name)
+    archive_dir = Path(archive_dir)
+    source = _find_in_archive_dir(archive_dir, dataset, name)
     staged = out.with_name(out.name + ".part")
     sha, size = _link_or_copy(source, staged, chunk_mb=chunk_mb)
     try:
@@ -820,7 +858,8 @@ def link_archive_file(
         sha=sha,
         size=size,
         checksums=Path(checksums),
-        source=str(source),
+        # Where in archive_dir, not the user's absolute path (provenance stays portable).
+        source="archive_dir/" + source.relative_to(archive_dir).as_posix(),
         rejected_dir=Path(rejected_dir) if rejected_dir else _default_rejected_dir(out.parent),
     )
 
@@ -1170,9 +1209,12 @@ def verify_archives(
     _log_summary(dataset, statuses)
     report = {
         "dataset": dataset,
-        "checksums": str(checksums),
+        "checksums": portable_path(checksums),
         # What ArchiveFolder checks every file against before each read (size, mtime, ends).
-        "files": [s.to_dict() | file_fingerprint(s.path) for s in statuses],
+        "files": [
+            s.to_dict() | file_fingerprint(s.path) | {"path": portable_path(s.path)}
+            for s in statuses
+        ],
         "recorded": [s.file for s in statuses if s.status == "recorded"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
