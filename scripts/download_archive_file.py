@@ -10,5 +10,6 @@ download_archive_file(
     snakemake.output.archive,
     checksums=snakemake.params.checksums,
     hosts=snakemake.params.hosts,
+    rejected_dir=snakemake.params.rejected_dir,
     **snakemake.params.download,
 )

@@ -11,4 +11,6 @@ download_archive_melanomas(
     checksums=snakemake.params.checksums,
     archive_dir=snakemake.params.archive_dir,
     chunk_mb=snakemake.params.chunk_mb,
+    cache_dir=snakemake.params.cache_dir,
+    rejected_dir=snakemake.params.rejected_dir,
 )

@@ -15,6 +15,8 @@ ingest_dataset(
     snakemake.output.quarantine,
     n_shards=snakemake.params.n_shards,
     on_undecodable=snakemake.params.on_undecodable,
+    # Outside the outputs, which Snakemake deletes when the job fails.
+    failed_listing=Path(snakemake.log[0]).with_suffix(".quarantine.csv"),
 )
 info = snakemake.params.run_info
 write_run_info(

@@ -11,4 +11,5 @@ link_archive_file(
     archive_dir=snakemake.params.archive_dir,
     checksums=snakemake.params.checksums,
     chunk_mb=snakemake.params.chunk_mb,
+    rejected_dir=snakemake.params.rejected_dir,
 )

@@ -10,4 +10,5 @@ verify_archives(
     snakemake.output.verified,
     checksums=snakemake.params.checksums,
     chunk_mb=snakemake.params.chunk_mb,
+    rejected_dir=snakemake.params.rejected_dir,
 )

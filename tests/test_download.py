@@ -13,6 +13,8 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,13 +55,16 @@ def _zip_bytes() -> bytes:
 
 
 CSV_BYTES = b"image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK\nISIC_0000000,1.0,0,0,0,0,0,0,0,0\n"
+META = "ISIC_2019_Training_Metadata.csv"
+META_BYTES = b"image,age_approx,anatom_site_general,lesion_id,sex\nISIC_0000000,55,head,L1,male\n"
 
 
 class _Handler(BaseHTTPRequestHandler):
     """Serves ``server.files``; ``server.plan[path]`` lists how to answer the next requests.
 
     Plans: ``ok``; ``404``/``500``; ``cut`` (half the body, then close); ``truncate`` (announce
-    the full length, send 100 bytes less); ``norange`` (ignore ``Range``, send all with 200).
+    the full length, send 100 bytes less); ``norange`` (ignore ``Range``, send all with 200);
+    ``nolength`` (no Content-Length, send all but the last 10 bytes, close: a cut nobody sees).
     ``server.sticky[path]`` applies when the plan is empty.
     Range requests (``bytes=N-``) are honoured with 206 or 416.
     """
@@ -94,6 +99,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = content[start:]
+        if how == "nolength":
+            self.end_headers()
+            self.wfile.write(body[:-10])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if how == "cut":
@@ -226,7 +237,7 @@ def test_wrong_checksum_keeps_file_aside_and_raises(server, lock, tmp_path):
         download_archive_file(
             DATASET, ZIP, out, checksums=lock, hosts=server.hosts, dataverse_api=None, **FAST
         )
-    kept = out.with_name(f"{ZIP}.rejected-{actual[:12]}")
+    kept = tmp_path / "resources" / "rejected" / DATASET / f"{ZIP}.rejected-{actual[:12]}"
     assert (info.value.file, info.value.expected, info.value.actual) == (ZIP, expected, actual)
     assert info.value.kept == kept
     assert not out.exists()
@@ -262,7 +273,8 @@ def test_truncated_zip_on_server_is_rejected(server, lock, tmp_path):
     assert not out.exists()
     assert read_checksums(lock) == {}
     sha = hashlib.sha256(short).hexdigest()
-    assert out.with_name(f"{ZIP}.rejected-{sha[:12]}").read_bytes() == short
+    rejected = tmp_path / "resources" / "rejected" / DATASET
+    assert (rejected / f"{ZIP}.rejected-{sha[:12]}").read_bytes() == short
 
 
 def test_complete_part_file_is_finished_without_download(server, lock, tmp_path):
@@ -338,7 +350,8 @@ def test_archive_dir_link_is_verified(lock, tmp_path, nested):
     status = link_archive_file(DATASET, CSV, out, archive_dir=archive_dir, checksums=lock)
     assert out.is_symlink()
     assert out.resolve() == source.resolve()
-    assert (status.status, status.source) == ("recorded", str(source))
+    relative = f"{DATASET}/{CSV}" if nested else CSV
+    assert (status.status, status.source) == ("recorded", f"archive_dir/{relative}")
     assert link_archive_file(DATASET, CSV, out, archive_dir=archive_dir, checksums=lock).status == (
         "verified"
     )
@@ -348,7 +361,7 @@ def test_archive_dir_mismatch_leaves_user_file_alone(lock, tmp_path):
     """Check a wrong file in archive_dir raises, creates nothing at the final name, keeps the source."""
     archive_dir = tmp_path / "mine"
     archive_dir.mkdir()
-    (archive_dir / CSV).write_bytes(CSV_BYTES + b"tampered\n")
+    (archive_dir / CSV).write_bytes(CSV_BYTES + b"ISIC_0000009,0,1,0,0,0,0,0,0,0\n")
     lock.write_text(
         "dataset\tfile\tsha256\tbytes\n"
         f"{DATASET}\t{CSV}\t{hashlib.sha256(CSV_BYTES).hexdigest()}\t{len(CSV_BYTES)}\n"
@@ -358,7 +371,7 @@ def test_archive_dir_mismatch_leaves_user_file_alone(lock, tmp_path):
         link_archive_file(DATASET, CSV, out, archive_dir=archive_dir, checksums=lock)
     assert not out.exists()
     assert not out.is_symlink()
-    assert (archive_dir / CSV).read_bytes() == CSV_BYTES + b"tampered\n"
+    assert (archive_dir / CSV).read_bytes() == CSV_BYTES + b"ISIC_0000009,0,1,0,0,0,0,0,0,0\n"
 
 
 def test_archive_dir_copies_when_symlink_impossible(lock, tmp_path, monkeypatch):
@@ -390,6 +403,8 @@ FAKE_ISIC = """#!{python}
 import json, os, sys
 from pathlib import Path
 Path(os.environ["FAKE_ISIC_ARGS"]).write_text(json.dumps(sys.argv[1:]))
+with open(os.environ["FAKE_ISIC_ARGS"] + ".calls", "a") as calls:
+    calls.write("call\\n")
 out = Path(sys.argv[-1])
 out.mkdir(parents=True, exist_ok=True)
 ids = ["ISIC_0000001", "ISIC_0000002"]
@@ -437,34 +452,73 @@ def test_melanomas_runner_checks_and_records(fake_isic, lock, tmp_path):
     """Check the runner calls isic with the query and limit, and records metadata and jpgs."""
     outdir = tmp_path / "resources" / "archives" / "isic_archive_melanoma" / "images"
     statuses = download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
-    assert json.loads(fake_isic.read_text()) == [
-        "image", "download", "--search", QUERY, "--limit", "2", str(outdir),
-    ]  # fmt: skip
+    args = json.loads(fake_isic.read_text())
+    assert args[:-1] == ["image", "download", "--search", QUERY, "--limit", "2"]
+    # isic-cli writes into the download cache, outside the rule's output folder
+    assert Path(args[-1]).is_relative_to(tmp_path / "resources" / "download_cache")
+    assert (outdir / "ISIC_0000001.jpg").read_bytes() == b"\xff\xd8ISIC_0000001"
     names = [s.file for s in statuses]
     assert names == ["images/metadata.csv", "images/ISIC_0000001.jpg", "images/ISIC_0000002.jpg"]
     assert {s.status for s in statuses} == {"recorded"}
     assert {f for d, f in read_checksums(lock) if d == "isic_archive_melanoma"} == set(names)
 
 
+def _melanoma_out(tmp_path):
+    return tmp_path / "resources" / "archives" / "isic_archive_melanoma" / "images"
+
+
+def _calls(fake_isic):
+    calls = Path(str(fake_isic) + ".calls")
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_melanoma_mismatch_survives_the_failed_job(fake_isic, lock, tmp_path):
+    """Check a mismatching melanoma is kept outside the output folder, which Snakemake deletes
+    after the failed job, and the images that passed stay in the download cache (issue 21.1)."""
+    outdir = tmp_path / "resources" / "archives" / "isic_archive_melanoma" / "images"
+    download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
+    assert _calls(fake_isic) == 1
+    shutil.rmtree(outdir)
+    # A rerun with a complete download cache does not fetch again.
+    download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
+    assert _calls(fake_isic) == 1
+    assert sorted(p.name for p in outdir.glob("*.jpg")) == ["ISIC_0000001.jpg", "ISIC_0000002.jpg"]
+    # The archive now serves another ISIC_0000002.jpg than the one recorded.
+    text = lock.read_text().replace(
+        sha256_file(outdir / "ISIC_0000002.jpg")[0], hashlib.sha256(b"other").hexdigest()
+    )
+    lock.write_text(text)
+    shutil.rmtree(outdir)
+    with pytest.raises(ChecksumMismatchError, match="ISIC_0000002.jpg") as info:
+        download_archive_melanomas(outdir, query=QUERY, limit=2, checksums=lock)
+    shutil.rmtree(outdir, ignore_errors=True)  # what Snakemake does to a failed job's output
+    kept = info.value.kept
+    assert kept.read_bytes() == b"\xff\xd8ISIC_0000002"
+    assert kept.is_relative_to(tmp_path / "resources" / "rejected" / "isic_archive_melanoma")
+    assert str(kept) in str(info.value)
+    cached = {p.name for p in (tmp_path / "resources" / "download_cache").rglob("*.jpg")}
+    assert cached == {"ISIC_0000001.jpg"}
+
+
 def test_melanomas_runner_fails_on_missing_jpg(fake_isic, lock, tmp_path, monkeypatch):
     """Check an isic-cli run that lists an image it did not write fails, naming the image."""
     monkeypatch.setenv("FAKE_ISIC_JPGS", "1")
     with pytest.raises(DownloadError, match=r"1 image\(s\) .* missing .*ISIC_0000002"):
-        download_archive_melanomas(tmp_path / "images", query=QUERY, limit=2, checksums=lock)
+        download_archive_melanomas(_melanoma_out(tmp_path), query=QUERY, limit=2, checksums=lock)
     assert read_checksums(lock) == {}
 
 
 def test_melanomas_runner_fails_on_too_few_images(fake_isic, lock, tmp_path):
     """Check fewer images than the limit is an error, not a silent short dataset."""
     with pytest.raises(DownloadError, match="gave 2 image"):
-        download_archive_melanomas(tmp_path / "images", query=QUERY, limit=300, checksums=lock)
+        download_archive_melanomas(_melanoma_out(tmp_path), query=QUERY, limit=300, checksums=lock)
 
 
 def test_melanomas_runner_reports_isic_exit_code(fake_isic, lock, tmp_path, monkeypatch):
     """Check a failing isic-cli is reported with its exit code."""
     monkeypatch.setenv("FAKE_ISIC_EXIT", "3")
     with pytest.raises(DownloadError, match="exit code 3"):
-        download_archive_melanomas(tmp_path / "images", query=QUERY, limit=2, checksums=lock)
+        download_archive_melanomas(_melanoma_out(tmp_path), query=QUERY, limit=2, checksums=lock)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -474,7 +528,8 @@ def test_verify_archives_writes_report_then_catches_corruption(server, lock, tmp
     """Check verify_archives writes verified.json, then rejects a file changed afterwards."""
     dataset_dir = tmp_path / "resources" / "archives" / DATASET
     for name in layout(DATASET).files():
-        server.files[f"/a/2019/{name}"] = CSV_BYTES if name.endswith(".csv") else _zip_bytes()
+        content = {CSV: CSV_BYTES, META: META_BYTES, ZIP: _zip_bytes()}[name]
+        server.files[f"/a/2019/{name}"] = content
         download_archive_file(
             DATASET, name, dataset_dir / name, checksums=lock, hosts=server.hosts, **FAST
         )
@@ -484,18 +539,19 @@ def test_verify_archives_writes_report_then_catches_corruption(server, lock, tmp
     assert report["recorded"] == []
     assert json.loads((dataset_dir / "verified.json").read_text()) == report
 
-    (dataset_dir / CSV).write_bytes(CSV_BYTES + b"x")
+    (dataset_dir / CSV).write_bytes(CSV_BYTES + b"ISIC_0000009,0,1,0,0,0,0,0,0,0\n")
     (dataset_dir / "verified.json").unlink()
     with pytest.raises(ChecksumMismatchError, match=CSV):
         verify_archives(DATASET, paths, dataset_dir / "verified.json", checksums=lock)
     assert not (dataset_dir / "verified.json").exists()
     assert not (dataset_dir / CSV).exists()
-    assert len(list(dataset_dir.glob(f"{CSV}.rejected-*"))) == 1
+    rejected = tmp_path / "resources" / "rejected" / DATASET
+    assert len(list(rejected.glob(f"{CSV}.rejected-*"))) == 1
 
 
 def test_verify_archives_melanoma_folder(fake_isic, lock, tmp_path):
     """Check the melanoma folder is verified file by file, and a missing image is caught."""
-    dataset_dir = tmp_path / "isic_archive_melanoma"
+    dataset_dir = _melanoma_out(tmp_path).parent
     download_archive_melanomas(dataset_dir / "images", query=QUERY, limit=2, checksums=lock)
     report = verify_archives(
         "isic_archive_melanoma",
@@ -525,7 +581,15 @@ def test_concurrent_records_are_all_kept(tmp_path):
         path = tmp_path / name
         sha, size = sha256_file(path)
         download._accept(
-            DATASET, name, path, path, sha=sha, size=size, checksums=lock, source="test"
+            DATASET,
+            name,
+            path,
+            path,
+            sha=sha,
+            size=size,
+            checksums=lock,
+            source="test",
+            rejected_dir=tmp_path / "rejected",
         )
 
     threads = [threading.Thread(target=record, args=(name,)) for name in names]
@@ -583,3 +647,162 @@ def test_dry_run_lists_one_download_job_per_official_file(tmp_path):
     assert sorted(planned) == sorted(expected)
     assert len(re.findall(r"rule download_archive_melanomas:", result.stdout)) == 1
     assert len(re.findall(r"rule verify_archives:", result.stdout)) == 6
+
+
+def test_lock_survives_a_write_that_fails(tmp_path, monkeypatch):
+    """Check a write of the lock cut short (killed job, full disk) leaves the old lock intact,
+    not an empty file read next time as "no entries" (issue 21.2)."""
+    lock = tmp_path / "lock.tsv"
+    good = f"dataset\tfile\tsha256\tbytes\n{DATASET}\told.csv\t{'a' * 64}\t3\n"
+    lock.write_text(good)
+    path = tmp_path / "new.csv"
+    path.write_text("new")
+    sha, size = sha256_file(path)
+
+    def disk_full(entries):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download, "_format_checksums", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        download._accept(
+            DATASET,
+            "new.csv",
+            path,
+            path,
+            sha=sha,
+            size=size,
+            checksums=lock,
+            source="test",
+            rejected_dir=tmp_path / "rejected",
+        )
+    assert lock.read_text() == good
+
+
+@pytest.mark.parametrize(
+    "text", ["", "\n", "# a comment only\n"], ids=["empty", "blank", "comment"]
+)
+def test_emptied_lock_is_an_error(tmp_path, text):
+    """Check a lock that shrank to nothing is refused, by readers and by writers."""
+    lock = tmp_path / "lock.tsv"
+    lock.write_text(text)
+    with pytest.raises(ValueError, match="empty .*truncated"):
+        read_checksums(lock)
+    path = tmp_path / "x.csv"
+    path.write_text("x")
+    sha, size = sha256_file(path)
+    with pytest.raises(ValueError, match="truncated"):
+        download._accept(
+            DATASET,
+            "x.csv",
+            path,
+            path,
+            sha=sha,
+            size=size,
+            checksums=lock,
+            source="test",
+            rejected_dir=tmp_path / "rejected",
+        )
+    assert lock.read_text() == text
+
+
+# ----------------------------------------------------------------------------- content checks
+
+
+def test_truncated_zip_in_archive_dir_is_not_recorded(lock, tmp_path):
+    """Check link_archive_file checks the zip as a download does: a truncated archive in
+    data.archive_dir is refused, not recorded as the official hash (issue 21.3)."""
+    (tmp_path / ZIP).write_bytes(_zip_bytes()[:-300])
+    out = _out(tmp_path)
+    with pytest.raises(DownloadError, match="not a readable zip"):
+        link_archive_file(DATASET, ZIP, out, archive_dir=tmp_path, checksums=lock)
+    assert read_checksums(lock) == {}
+    assert not out.exists()
+    assert (tmp_path / ZIP).stat().st_size == len(_zip_bytes()) - 300  # the user's file stays
+
+
+def test_zip_without_the_official_folder_is_not_recorded(lock, tmp_path):
+    """Check a readable zip that lacks the official folder is refused."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("something_else/ISIC_0000000.jpg", b"x")
+    (tmp_path / ZIP).write_bytes(buffer.getvalue())
+    with pytest.raises(DownloadError, match="official folder 'ISIC_2019_Training_Input/'"):
+        link_archive_file(DATASET, ZIP, _out(tmp_path), archive_dir=tmp_path, checksums=lock)
+    assert read_checksums(lock) == {}
+
+
+def test_csv_answered_with_html_is_not_recorded(server, lock, tmp_path):
+    """Check an HTML page served with HTTP 200 in place of a CSV is refused (issue 21.3)."""
+    for mirror in "ab":
+        server.files[f"/{mirror}/2019/{CSV}"] = b"<!DOCTYPE html><html><body>Sign in</body></html>"
+    out = _out(tmp_path, CSV)
+    with pytest.raises(DownloadError, match="HTML"):
+        download_archive_file(
+            DATASET, CSV, out, checksums=lock, hosts=server.hosts, dataverse_api=None, **FAST
+        )
+    assert read_checksums(lock) == {}
+    assert not out.exists()
+
+
+def test_csv_cut_without_content_length_is_not_recorded(server, lock, tmp_path):
+    """Check a CSV cut mid-row by a server that sent no Content-Length is refused."""
+    server.sticky[f"/a/2019/{CSV}"] = "nolength"
+    server.sticky[f"/b/2019/{CSV}"] = "nolength"
+    out = _out(tmp_path, CSV)
+    with pytest.raises(DownloadError, match="line 2: .*cut short"):
+        download_archive_file(
+            DATASET, CSV, out, checksums=lock, hosts=server.hosts, dataverse_api=None, **FAST
+        )
+    assert read_checksums(lock) == {}
+
+
+def test_csv_with_wrong_header_in_archive_dir_is_not_recorded(lock, tmp_path):
+    """Check a CSV whose header is not the layout's is refused when linked."""
+    (tmp_path / META).write_bytes(CSV_BYTES)
+    with pytest.raises(DownloadError, match="lacks the column"):
+        link_archive_file(DATASET, META, _out(tmp_path, META), archive_dir=tmp_path, checksums=lock)
+    assert read_checksums(lock) == {}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_synthetic_twin_passes_the_content_checks(tiny_archives, dataset):
+    """Check every file laid out like the official one passes check_official_file."""
+    root = tiny_archives / dataset
+    if layout(dataset).folder:
+        files = [f"images/{p.name}" for p in sorted((root / "images").iterdir())]
+    else:
+        files = layout(dataset).files()
+    for name in files:
+        download.check_official_file(dataset, name, root / name)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def test_verified_json_and_link_records_have_no_local_absolute_paths(lock, tmp_path):
+    """Check verified.json names the lock by a project-relative path or its name, and a linked
+    file's source by its place in archive_dir, not the user's absolute path (issue 21.9)."""
+    archive_dir = tmp_path / "mine"
+    (archive_dir / DATASET).mkdir(parents=True)
+    dataset_dir = tmp_path / "resources" / "archives" / DATASET
+    content = {CSV: CSV_BYTES, META: META_BYTES, ZIP: _zip_bytes()}
+    for name in layout(DATASET).files():
+        (archive_dir / DATASET / name).write_bytes(content[name])
+        link_archive_file(
+            DATASET, name, dataset_dir / name, archive_dir=archive_dir, checksums=lock
+        )
+    paths = [dataset_dir / name for name in layout(DATASET).files()]
+    verify_archives(DATASET, paths, dataset_dir / "verified.json", checksums=lock)
+    text = (dataset_dir / "verified.json").read_text()
+    assert str(tmp_path) not in text
+    assert json.loads(text)["checksums"] == "archive_checksums.tsv"
+
+
+def test_redirect_from_https_to_http_is_refused():
+    """Check a redirect that downgrades https to cleartext http is refused (issue 21.9)."""
+    handler = download._NoDowngradeRedirect()
+    request = urllib.request.Request("https://isic-archive.s3.amazonaws.com/a.zip")
+    with pytest.raises(urllib.error.HTTPError, match="refused redirect from https to http"):
+        handler.redirect_request(request, None, 302, "Found", {}, "http://evil.example/a.zip")
+    follow = handler.redirect_request(request, None, 302, "Found", {}, "https://mirror/a.zip")
+    assert follow.full_url == "https://mirror/a.zip"

@@ -190,7 +190,7 @@ def test_undecodable_jpeg_fails_or_is_dropped(archive_copy, tmp_path):
     bad_id = Path(state["done"]).stem
     checks = tmp_path / "checks.parquet"
     check_images(root, "isic2020", 0, n_shards=1).to_parquet(checks)
-    with pytest.raises(IngestError, match=r"1 image\(s\) cannot be decoded .*quarantine\.csv"):
+    with pytest.raises(IngestError, match=r"1 image\(s\) cannot be decoded .*listed in .*q\.csv"):
         ingest_dataset(
             root, "isic2020", [checks], tmp_path / "m.parquet", tmp_path / "q.csv", n_shards=1
         )

@@ -94,6 +94,13 @@ def test_bad_fractions_and_names_are_refused():
         make_split(_manifest(), "random", seed=0)
 
 
+@pytest.mark.parametrize("fractions", [[1.2, -0.1, -0.1], [1.0, 0.0], [0.5, 0.6, -0.1]])
+def test_out_of_range_fractions_are_refused(fractions):
+    """Check fractions that sum to one but lie outside (0, 1) are refused (issue 21.8)."""
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        grouped_split(np.zeros(10), np.arange(10), fractions, seed=0)
+
+
 @pytest.mark.parametrize("n_lesions", [90, 160, 400])
 def test_lesion_split_is_as_close_to_70_15_15_as_groups_allow(n_lesions):
     """Check test and val hold 15 % within one lesion's images (not 1/7 = 14.3 %, issue 12).

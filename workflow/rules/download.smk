@@ -5,6 +5,12 @@
 # Paths and the `file` wildcard regex are defined in common.smk (archive_inputs,
 # archive_files, official_file_regex, FILE_DATASETS, MELANOMA_FOLDER).
 
+# Outside every rule's output, so that Snakemake's clean-up of a failed job leaves them alone: files
+# that failed a check (kept for the user to inspect) and isic-cli downloads that passed (a retry
+# reuses them instead of fetching again). See docs/data_contract.md, "What is trusted".
+REJECTED = "resources/rejected"
+DOWNLOAD_CACHE = "resources/download_cache"
+
 
 if config["data"].get("archive_dir"):
 
@@ -32,6 +38,7 @@ if config["data"].get("archive_dir"):
         params:
             archive_dir=config["data"]["archive_dir"],
             checksums=config["data"]["checksums"],
+            rejected_dir=REJECTED,
             chunk_mb=config["data"]["download"]["chunk_mb"],
         script:
             "../../scripts/link_archive_file.py"
@@ -66,6 +73,7 @@ else:
             hosts=lambda wildcards: config["data"].get("hosts"),
             checksums=config["data"]["checksums"],
             download=config["data"]["download"],
+            rejected_dir=REJECTED,
         script:
             "../../scripts/download_archive_file.py"
 
@@ -94,6 +102,8 @@ rule download_archive_melanomas:
         archive_dir=config["data"].get("archive_dir"),
         checksums=config["data"]["checksums"],
         chunk_mb=config["data"]["download"]["chunk_mb"],
+        cache_dir=DOWNLOAD_CACHE,
+        rejected_dir=REJECTED,
     script:
         "../../scripts/download_archive_melanomas.py"
 
@@ -119,5 +129,6 @@ rule verify_archives:
     params:
         checksums=config["data"]["checksums"],
         chunk_mb=config["data"]["download"]["chunk_mb"],
+        rejected_dir=REJECTED,
     script:
         "../../scripts/verify_archives.py"

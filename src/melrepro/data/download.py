@@ -13,8 +13,9 @@ three doors, and each of them ends at the same gate, the checksum lock
 ISIC publishes no checksums, so a file without an entry is *recorded* on first sight and reported
 (in the log and in the returned :class:`ArchiveStatus`); the lock is meant to be committed. A file
 whose hash differs from its entry is never left at its final name: it is kept aside as
-``<file>.rejected-<sha256[:12]>`` and :class:`ChecksumMismatchError` names the file and both
-hashes. :func:`verify_archives` checks every file of a dataset again and writes the
+``resources/rejected/<dataset>/<file>.rejected-<sha256[:12]>`` (outside every rule's output, so
+Snakemake's clean-up of a failed job does not delete it) and :class:`ChecksumMismatchError` names
+the file and both hashes. :func:`verify_archives` checks every file of a dataset again and writes the
 ``verified.json`` that ingest depends on, so a corrupt download never reaches ingest.
 """
 
@@ -25,6 +26,7 @@ import csv
 import fcntl
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
@@ -44,7 +46,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from melrepro import __version__
-from melrepro.data.layouts import ARCHIVE_HOSTS, layout
+from melrepro.data.archive_io import file_fingerprint
+from melrepro.data.layouts import ARCHIVE_HOSTS, CsvSpec, layout
 
 __all__ = [
     "CHECKSUM_COLUMNS",
@@ -53,10 +56,12 @@ __all__ = [
     "ArchiveStatus",
     "ChecksumMismatchError",
     "DownloadError",
+    "check_official_file",
     "download_archive_file",
     "download_archive_melanomas",
     "isic_download_command",
     "link_archive_file",
+    "portable_path",
     "read_checksums",
     "remote_urls",
     "sha256_file",
@@ -75,6 +80,7 @@ _MELANOMA_DATASET = "isic_archive_melanoma"
 
 _USER_AGENT = f"melanoma-repro/{__version__} (+python-urllib)"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ISIC_ID = re.compile(r"ISIC_\d{7}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 #: HTTP codes after which a host is not asked again for this file.
@@ -147,7 +153,14 @@ def sha256_file(path: str | Path, *, chunk_mb: float = 8) -> tuple[str, int]:
 def _parse_checksums(text: str, path: Path) -> dict[tuple[str, str], tuple[str, int]]:
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not lines:
-        return {}
+        # The committed lock always has its header: an existing file without one was emptied
+        # (a write cut short by an old version, a full disk, an editor): reading it as "no
+        # entries" would record whatever is downloaded next as the official hash.
+        raise ValueError(
+            f"{path}: the checksum lock is empty (no header line); it was truncated. Restore it "
+            f"from git (`git checkout -- {path}`) or, for a new lock, write the header line "
+            f"{chr(9).join(CHECKSUM_COLUMNS)!r}"
+        )
     header = tuple(lines[0].split("\t"))
     if header != CHECKSUM_COLUMNS:
         raise ValueError(
@@ -171,21 +184,36 @@ def _parse_checksums(text: str, path: Path) -> dict[tuple[str, str], tuple[str, 
     return entries
 
 
+def _lock_file(path: Path) -> Path:
+    """The companion file that ``flock`` serialises writers (and readers) of the lock on."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def _flocked(path: Path, mode: int) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)
+
+
 def read_checksums(path: str | Path) -> dict[tuple[str, str], tuple[str, int]]:
     """Read the checksum lock: ``{(dataset, file): (sha256, bytes)}``; a missing file is empty.
 
     Raises
     ------
     ValueError
-        If the header is not ``dataset, file, sha256, bytes`` or a row is malformed (the message
-        names the line).
+        If the file exists but is empty or has no header (it was truncated), the header is not
+        ``dataset, file, sha256, bytes``, or a row is malformed (the message names the line).
     """
     path = Path(path)
     if not path.exists():
         return {}
-    with path.open(encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_SH)
-        return _parse_checksums(fh.read(), path)
+    # Writers replace the file atomically: a reader sees the old or the new lock, no lock needed.
+    return _parse_checksums(path.read_text(encoding="utf-8"), path)
 
 
 def _format_checksums(entries: dict[tuple[str, str], tuple[str, int]]) -> str:
@@ -194,31 +222,71 @@ def _format_checksums(entries: dict[tuple[str, str], tuple[str, int]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the new file, never a part.
+
+    A temporary file in the same folder is written and fsynced, then renamed over ``path``
+    (``os.replace`` is atomic on POSIX), and the folder is fsynced so the rename survives a crash.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 @contextlib.contextmanager
 def _locked_checksums(path: Path) -> Iterator[dict[tuple[str, str], tuple[str, int]]]:
     """Hold an exclusive lock on the checksum file; what the caller adds is written back sorted.
 
-    Several download jobs record new entries at the same time; ``flock`` on the file itself
-    serialises them (the file is rewritten in place, never replaced, so the lock stays valid).
+    Several download jobs record new entries at the same time; ``flock`` on the companion
+    ``<lock>.lock`` file serialises them. The lock itself is replaced atomically
+    (:func:`_write_atomically`), so a job killed while writing, or a full disk, leaves the old
+    lock intact, never an empty one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    with os.fdopen(fd, "r+", encoding="utf-8", newline="") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        text = fh.read()
-        entries = _parse_checksums(text, path)
+    with _flocked(path, fcntl.LOCK_EX):
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+        entries = _parse_checksums(text, path) if text is not None else {}
         before = dict(entries)
         yield entries
-        if entries != before or not text.strip():
-            fh.seek(0)
-            fh.truncate()
-            fh.write(_format_checksums(entries))
-            fh.flush()
-            os.fsync(fh.fileno())
+        if entries != before or text is None:
+            _write_atomically(path, _format_checksums(entries))
 
 
-def _rejected_path(final: Path, sha: str) -> Path:
-    return final.with_name(f"{final.name}.rejected-{sha[:12]}")
+def _rejected_path(rejected_dir: Path, dataset: str, name: str, sha: str) -> Path:
+    """``<rejected_dir>/<dataset>/<name>.rejected-<sha[:12]>``, folders created.
+
+    ``rejected_dir`` lies outside every rule's output (``resources/rejected``), so the file
+    survives Snakemake removing the outputs of the failed job.
+    """
+    kept = rejected_dir / dataset / f"{name}.rejected-{sha[:12]}"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    return kept
+
+
+def _default_rejected_dir(dataset_dir: Path) -> Path:
+    """``resources/rejected`` for ``resources/archives/<dataset>`` (two levels up)."""
+    return dataset_dir.parent.parent / "rejected"
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; copy then delete across filesystems."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        source.unlink()
 
 
 def _accept(
@@ -231,11 +299,13 @@ def _accept(
     size: int,
     checksums: Path,
     source: str,
+    rejected_dir: Path,
 ) -> ArchiveStatus:
     """Check ``candidate`` against the lock; move it to ``final`` or keep it aside and raise.
 
-    A missing entry is recorded. On a mismatch ``candidate`` is renamed to
-    ``<final>.rejected-<sha[:12]>`` (never deleted), so nothing is left at the final name.
+    A missing entry is recorded. On a mismatch ``candidate`` is moved to
+    ``<rejected_dir>/<dataset>/<name>.rejected-<sha[:12]>`` (never deleted), so nothing is left
+    at the final name.
     """
     with _locked_checksums(checksums) as entries:
         expected = entries.get((dataset, name))
@@ -245,8 +315,8 @@ def _accept(
         elif expected == (sha, size):
             status = "verified"
         else:
-            kept = _rejected_path(final, sha)
-            os.replace(candidate, kept)
+            kept = _rejected_path(rejected_dir, dataset, name, sha)
+            _move(candidate, kept)
             detail = f" ({size} bytes, lock says {expected[1]})" if size != expected[1] else ""
             raise ChecksumMismatchError(name, expected[0], sha, kept, detail)
     if candidate != final:
@@ -266,19 +336,102 @@ def _accept(
     return ArchiveStatus(dataset, name, str(final), sha, size, status, source)
 
 
-def _check_zip(path: Path, name: str) -> None:
-    """Raise if a ``.zip`` has no readable central directory (the usual sign of a truncated file).
+def _csv_specs(dataset: str) -> list[CsvSpec]:
+    lay = layout(dataset)
+    specs = [s for i in lay.image_sets for s in (i.labels, i.metadata) if s is not None]
+    return specs + list(lay.extra_csvs)
 
-    This reads only the end of the file; member CRCs are checked when ingest decodes them.
-    """
-    if not name.lower().endswith(".zip"):
-        return
+
+def _zip_folders(dataset: str, name: str) -> list[str]:
+    """The official folders inside zip ``name`` (each must hold at least one file)."""
+    folders = []
+    for image_set in layout(dataset).image_sets:
+        for zip_name, folder in (
+            (image_set.image_zip, image_set.image_folder),
+            (image_set.mask_zip, image_set.mask_folder),
+            (image_set.attribute_zip, image_set.attribute_folder),
+        ):
+            if zip_name == name and folder:
+                folders.append(folder)
+    return sorted(set(folders))
+
+
+def _check_csv_text(data: bytes, spec: CsvSpec, where: str) -> None:
+    """Raise unless ``data`` is a CSV with the layout's columns and no short (cut) row."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+        raise DownloadError(
+            f"{where} is an HTML/XML page, not a CSV (an error or login page answered with "
+            f"HTTP 200?); expected the columns {list(spec.columns)}"
+        )
     try:
-        with zipfile.ZipFile(path) as archive:
-            if not archive.namelist():
-                raise zipfile.BadZipFile("the archive is empty")
-    except zipfile.BadZipFile as error:
-        raise DownloadError(f"{name} is not a readable zip archive ({error})") from error
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DownloadError(f"{where} is not UTF-8 text ({error}); expected a CSV") from None
+    rows = csv.reader(io.StringIO(text))
+    header = [c.strip() for c in next(rows, [])]
+    missing = [c for c in spec.columns if c not in header]
+    if missing:
+        raise DownloadError(
+            f"{where}: header {header[:12]!r} lacks the column(s) {missing}; expected the "
+            f"columns {list(spec.columns)} of the official file"
+        )
+    count = 0
+    for number, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        count += 1
+        if len(row) != len(header):
+            raise DownloadError(
+                f"{where}, line {number}: {len(row)} field(s), the header has {len(header)}; "
+                "the file is cut short or corrupt"
+            )
+    if not count:
+        raise DownloadError(f"{where}: no data rows; expected one row per image")
+
+
+def check_official_file(dataset: str, name: str, path: str | Path) -> None:
+    """Raise :class:`DownloadError` unless ``path`` looks like the official file ``name``.
+
+    Run before a file is recorded in (or accepted by) the lock, so that nothing ingest would
+    reject becomes the official hash: a zip must have a readable central directory and a file in
+    each of its official folders (and its official CSV members); a CSV must be UTF-8 text, not an
+    HTML page, with the layout's columns and no row shorter than the header (a cut file); an
+    archive melanoma ``.jpg`` must start like a JPEG. The read is cheap: the zip's directory, a
+    CSV's text, a jpg's first bytes (member CRCs and pixels are checked by ingest).
+    """
+    path = Path(path)
+    where = f"{dataset}/{name} ({path})"
+    specs = {spec.file: spec for spec in _csv_specs(dataset)}
+    if name.lower().endswith(".zip"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if not names:
+                    raise zipfile.BadZipFile("the archive is empty")
+                for folder in _zip_folders(dataset, name):
+                    if not any(n.startswith(folder + "/") and not n.endswith("/") for n in names):
+                        raise DownloadError(
+                            f"{where} has no file in the official folder {folder + '/'!r}; "
+                            "expected the official archive"
+                        )
+                for file, spec in specs.items():
+                    zip_name, _, member = file.partition("::")
+                    if zip_name != name or not member:
+                        continue
+                    if member not in names:
+                        if spec.optional:
+                            continue
+                        raise DownloadError(f"{where} has no member {member!r}")
+                    _check_csv_text(archive.read(member), spec, f"{where}::{member}")
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise DownloadError(f"{name} is not a readable zip archive ({error})") from error
+    elif name in specs:
+        _check_csv_text(path.read_bytes(), specs[name], where)
+    elif name.lower().endswith((".jpg", ".jpeg")):
+        with path.open("rb") as fh:
+            if fh.read(2) != b"\xff\xd8":
+                raise DownloadError(f"{where} does not start like a JPEG; expected an image")
 
 
 # ----------------------------------------------------------------------------- addresses
@@ -296,7 +449,7 @@ def _dataverse_file_url(api: str, doi: str, name: str, *, timeout_s: float) -> s
     )
     request = urllib.request.Request(listing, headers={"User-Agent": _USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _urlopen(request, timeout=timeout_s) as response:
             files = json.load(response)["data"]
     except (OSError, http.client.HTTPException, ValueError, KeyError) as error:
         logger.warning("could not list Dataverse dataset %s at %s: %s", doi, api, error)
@@ -364,6 +517,30 @@ def remote_urls(
 # ----------------------------------------------------------------------------- HTTP
 
 
+class _NoDowngradeRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, except from https to anything but https (a cleartext downgrade)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+        old = urllib.parse.urlsplit(req.full_url).scheme
+        new = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme
+        if old == "https" and new != "https":
+            raise urllib.error.HTTPError(
+                req.full_url,
+                403,
+                f"refused redirect from https to {new}: {newurl}",
+                headers,
+                fp,
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngradeRedirect)
+
+
+def _urlopen(request: urllib.request.Request, timeout: float):
+    return _OPENER.open(request, timeout=timeout)
+
+
 class _IncompleteTransferError(OSError):
     """The connection ended before the announced number of bytes arrived."""
 
@@ -380,7 +557,7 @@ def _fetch_once(url: str, part: Path, *, name: str, timeout_s: float, chunk: int
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
+        response = _urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
             error.close()
@@ -517,6 +694,7 @@ def download_archive_file(
     backoff_s: float = 2,
     chunk_mb: float = 8,
     dataverse_api: str | None = DATAVERSE_API,
+    rejected_dir: str | Path | None = None,
 ) -> ArchiveStatus:
     """Download one official file to ``out``, resuming, retrying and checking it against the lock.
 
@@ -546,6 +724,9 @@ def download_archive_file(
         Read size in MiB.
     dataverse_api : str or None
         Dataverse server for the HAM10000 metadata (see :func:`remote_urls`).
+    rejected_dir : path, optional
+        Where a bad file is kept aside, outside every rule's output (default
+        ``resources/rejected``, two levels above ``out``'s folder).
 
     Returns
     -------
@@ -558,10 +739,11 @@ def download_archive_file(
         is unreadable (it is kept aside as ``.rejected-…``).
     ChecksumMismatchError
         If the hash differs from the lock; the file is kept aside as
-        ``<out>.rejected-<sha256[:12]>`` and nothing is left at ``out``.
+        ``<rejected_dir>/<dataset>/<name>.rejected-<sha256[:12]>`` and nothing is left at ``out``.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rejected = Path(rejected_dir) if rejected_dir else _default_rejected_dir(out.parent)
     part = out.with_name(out.name + ".part")
     urls = remote_urls(dataset, name, hosts=hosts, dataverse_api=dataverse_api, timeout_s=timeout_s)
     source = _fetch(
@@ -575,15 +757,35 @@ def download_archive_file(
     )
     sha, size = sha256_file(part, chunk_mb=chunk_mb)
     try:
-        _check_zip(part, name)
+        check_official_file(dataset, name, part)
     except DownloadError:
-        kept = _rejected_path(out, sha)
-        os.replace(part, kept)
+        kept = _rejected_path(rejected, dataset, name, sha)
+        _move(part, kept)
         logger.exception("%s: kept aside at %s", name, kept)
         raise
     return _accept(
-        dataset, name, part, out, sha=sha, size=size, checksums=Path(checksums), source=source
+        dataset,
+        name,
+        part,
+        out,
+        sha=sha,
+        size=size,
+        checksums=Path(checksums),
+        source=source,
+        rejected_dir=rejected,
     )
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` for a provenance record: relative to the project (the working directory) when
+    inside it, else its name only, so that no local absolute path is written into outputs."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _find_in_archive_dir(archive_dir: Path, dataset: str, name: str) -> Path:
@@ -619,12 +821,13 @@ def link_archive_file(
     archive_dir: str | Path,
     checksums: str | Path,
     chunk_mb: float = 8,
+    rejected_dir: str | Path | None = None,
 ) -> ArchiveStatus:
     """Link an official file the user already has into ``out``, with the same check as a download.
 
     ``archive_dir`` holds the official files either under ``<dataset>/`` or flat. The user's file
     is never moved or changed: on a mismatch only the link is kept aside (as
-    ``<out>.rejected-<sha256[:12]>``, pointing at the user's file).
+    ``<rejected_dir>/<dataset>/<name>.rejected-<sha256[:12]>``, pointing at the user's file).
 
     Raises
     ------
@@ -638,9 +841,15 @@ def link_archive_file(
         raise ValueError(f"{name!r} is not an official file of {dataset}: {layout_files}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    source = _find_in_archive_dir(Path(archive_dir), dataset, name)
+    archive_dir = Path(archive_dir)
+    source = _find_in_archive_dir(archive_dir, dataset, name)
     staged = out.with_name(out.name + ".part")
     sha, size = _link_or_copy(source, staged, chunk_mb=chunk_mb)
+    try:
+        check_official_file(dataset, name, staged)
+    except DownloadError:
+        staged.unlink(missing_ok=True)  # only the link; the user's file is left alone
+        raise
     return _accept(
         dataset,
         name,
@@ -649,7 +858,9 @@ def link_archive_file(
         sha=sha,
         size=size,
         checksums=Path(checksums),
-        source=str(source),
+        # Where in archive_dir, not the user's absolute path (provenance stays portable).
+        source="archive_dir/" + source.relative_to(archive_dir).as_posix(),
+        rejected_dir=Path(rejected_dir) if rejected_dir else _default_rejected_dir(out.parent),
     )
 
 
@@ -683,6 +894,13 @@ def _melanoma_files(outdir: Path, *, limit: int) -> list[Path]:
         if "isic_id" not in (reader.fieldnames or []):
             raise DownloadError(f"{metadata} has no isic_id column: {reader.fieldnames}")
         ids = [row["isic_id"] for row in reader]
+    # The ids become file names: only ISIC ids, never a path (absolute, ../) or anything else.
+    odd = [i for i in ids if not _ISIC_ID.fullmatch(i or "")]
+    if odd:
+        raise DownloadError(
+            f"{metadata}: {len(odd)} isic_id value(s) are not ISIC ids, first {odd[0]!r}; "
+            "expected ISIC_ followed by 7 digits"
+        )
     missing = [i for i in ids if not (outdir / f"{i}.jpg").is_file()]
     if missing:
         raise DownloadError(
@@ -698,6 +916,93 @@ def _melanoma_files(outdir: Path, *, limit: int) -> list[Path]:
     return [metadata] + [outdir / f"{i}.jpg" for i in ids]
 
 
+def _melanoma_cache(cache_dir: Path, query: str, limit: int) -> Path:
+    """The download cache of one (query, limit): ``<cache_dir>/isic_archive_melanoma/<key>``."""
+    key = hashlib.sha256(f"{query}\n{limit}".encode()).hexdigest()[:12]
+    return cache_dir / _MELANOMA_DATASET / key
+
+
+def _cache_complete(cache: Path, limit: int) -> bool:
+    """Whether an earlier isic-cli run left a complete set in ``cache`` (metadata and every jpg)."""
+    try:
+        _melanoma_files(cache, limit=limit)
+    except DownloadError:
+        return False
+    return True
+
+
+def _run_isic(query: str, limit: int, cache: Path, isic: str | Path | None) -> str:
+    command = isic_download_command(query, cache, limit=limit, isic=_find_isic(isic))
+    logger.info("running %s", subprocess.list2cmdline(command))
+    result = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    for stream in (result.stdout, result.stderr):
+        if stream.strip():
+            logger.info("isic-cli: %s", stream.strip())
+    if result.returncode:
+        raise DownloadError(
+            f"`{subprocess.list2cmdline(command)}` failed with exit code {result.returncode}: "
+            f"{result.stderr.strip()[-500:]}"
+        )
+    return " ".join(command)
+
+
+def _hardlink_or_copy(source: Path, target: Path) -> None:
+    """Place ``source`` at ``target``: a hard link (no second copy on disk), else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _accept_melanoma(
+    path: Path,
+    folder: str,
+    *,
+    linked: bool,
+    checksums: Path,
+    source: str,
+    rejected: Path,
+    chunk_mb: float,
+) -> ArchiveStatus:
+    """Check one isic-cli file (content, then lock); a bad downloaded file moves to ``rejected``.
+
+    A linked file is the user's: it is checked in place and never moved (on a mismatch only a
+    symlink to it is kept aside).
+    """
+    name = f"{folder}/{path.name}"
+    sha, size = sha256_file(path, chunk_mb=chunk_mb)
+    try:
+        check_official_file(_MELANOMA_DATASET, name, path)
+    except DownloadError:
+        if not linked:
+            _move(path, _rejected_path(rejected, _MELANOMA_DATASET, name, sha))
+        raise
+    candidate = path
+    if linked:
+        candidate = rejected / _MELANOMA_DATASET / folder / f"{path.name}.link"
+        candidate.parent.mkdir(parents=True, exist_ok=True)
+        candidate.unlink(missing_ok=True)
+        candidate.symlink_to(path.resolve())
+    try:
+        return _accept(
+            _MELANOMA_DATASET,
+            name,
+            candidate,
+            candidate,
+            sha=sha,
+            size=size,
+            checksums=checksums,
+            source=source,
+            rejected_dir=rejected,
+        )
+    finally:
+        if linked:
+            candidate.unlink(missing_ok=True)
+
+
 def download_archive_melanomas(
     outdir: str | Path,
     *,
@@ -707,14 +1012,21 @@ def download_archive_melanomas(
     archive_dir: str | Path | None = None,
     isic: str | Path | None = None,
     chunk_mb: float = 8,
+    cache_dir: str | Path | None = None,
+    rejected_dir: str | Path | None = None,
 ) -> list[ArchiveStatus]:
     """Fetch the extra archive melanomas with isic-cli into ``outdir`` and check them.
 
-    Runs ``isic image download --search QUERY --limit LIMIT OUTDIR``, then checks that
-    ``metadata.csv`` is there with at least ``limit`` rows and that each ``<isic_id>.jpg`` it lists
-    exists, and checks every one of these files against the lock (as ``images/<file>``). When
-    ``archive_dir`` holds ``isic_archive_melanoma/images/`` (or ``isic_archive_melanoma/`` with a
-    ``metadata.csv``), those files are linked instead.
+    Runs ``isic image download --search QUERY --limit LIMIT CACHE`` into a download cache
+    *outside* the rule's output (``cache_dir``, default ``resources/download_cache``; one folder
+    per query and limit), then checks that ``metadata.csv`` is there with at least ``limit`` rows
+    and that each ``<isic_id>.jpg`` it lists exists, and checks every one of these files against
+    the lock (as ``images/<file>``). Files that pass are hard-linked (or copied) into ``outdir``;
+    a file that fails is moved to ``rejected_dir`` (default ``resources/rejected``). Snakemake
+    deletes ``outdir`` when the job fails, but the cache and the rejected files stay: a retry
+    whose cache is complete does not run isic-cli again. When ``archive_dir`` holds
+    ``isic_archive_melanoma/images/`` (or ``isic_archive_melanoma/`` with a ``metadata.csv``),
+    those files are checked and symlinked instead.
 
     Returns
     -------
@@ -727,55 +1039,66 @@ def download_archive_melanomas(
         If isic-cli fails (its exit code is given; its output is in the log) or its output is
         incomplete.
     ChecksumMismatchError
-        If a file differs from the lock (it is kept aside; the first mismatch is raised).
+        If a file differs from the lock (it is kept aside; all files are checked, the first
+        mismatch is raised).
     """
     outdir = Path(outdir)
+    dataset_dir = outdir.parent
+    rejected = Path(rejected_dir) if rejected_dir else _default_rejected_dir(dataset_dir)
+    cache_root = Path(cache_dir) if cache_dir else dataset_dir.parent.parent / "download_cache"
     folder = layout(_MELANOMA_DATASET).folder or "images"
-    source = ""
+    source, linked = "", False
     if archive_dir is not None:
         for candidate in (
             Path(archive_dir) / _MELANOMA_DATASET / folder,
             Path(archive_dir) / _MELANOMA_DATASET,
         ):
             if (candidate / "metadata.csv").is_file():
-                source = str(candidate)
+                source, linked = str(candidate), True
                 break
-    outdir.mkdir(parents=True, exist_ok=True)
-    if source:
+    if linked:
         logger.info("linking the archive melanomas from %s", source)
-        for path in _melanoma_files(Path(source), limit=limit):
+        fetched = Path(source)
+    else:
+        fetched = _melanoma_cache(cache_root, query, limit)
+        if _cache_complete(fetched, limit):
+            logger.info("reusing the complete download cache %s (isic-cli not run)", fetched)
+            source = f"cache {fetched}"
+        else:
+            fetched.mkdir(parents=True, exist_ok=True)
+            source = _run_isic(query, limit, fetched, isic)
+    files = _melanoma_files(fetched, limit=limit)
+    statuses: list[ArchiveStatus] = []
+    mismatches: list[ChecksumMismatchError | DownloadError] = []
+    for path in files:
+        try:
+            statuses.append(
+                _accept_melanoma(
+                    path,
+                    folder,
+                    linked=linked,
+                    checksums=Path(checksums),
+                    source=source,
+                    rejected=rejected,
+                    chunk_mb=chunk_mb,
+                )
+            )
+        except (ChecksumMismatchError, DownloadError) as error:
+            logger.error("%s", error)  # every file is checked before the first error is raised
+            mismatches.append(error)
+    if mismatches:
+        raise mismatches[0]
+    outdir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        if linked:
             (outdir / path.name).unlink(missing_ok=True)
             (outdir / path.name).symlink_to(path.resolve())
-    else:
-        command = isic_download_command(query, outdir, limit=limit, isic=_find_isic(isic))
-        logger.info("running %s", subprocess.list2cmdline(command))
-        result = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-        )
-        for stream in (result.stdout, result.stderr):
-            if stream.strip():
-                logger.info("isic-cli: %s", stream.strip())
-        if result.returncode:
-            raise DownloadError(
-                f"`{subprocess.list2cmdline(command)}` failed with exit code {result.returncode}: "
-                f"{result.stderr.strip()[-500:]}"
-            )
-        source = " ".join(command)
-    statuses = []
-    for path in _melanoma_files(outdir, limit=limit):
-        sha, size = sha256_file(path, chunk_mb=chunk_mb)
-        statuses.append(
-            _accept(
-                _MELANOMA_DATASET,
-                f"{folder}/{path.name}",
-                path,
-                path,
-                sha=sha,
-                size=size,
-                checksums=Path(checksums),
-                source=source,
-            )
-        )
+        else:
+            _hardlink_or_copy(path, outdir / path.name)
+    if not linked:  # isic-cli's attribution and licence texts travel with the images
+        for extra in sorted(fetched.iterdir()):
+            if extra.is_file() and not (outdir / extra.name).exists():
+                _hardlink_or_copy(extra, outdir / extra.name)
     _log_summary(_MELANOMA_DATASET, statuses)
     return statuses
 
@@ -819,6 +1142,7 @@ def verify_archives(
     *,
     checksums: str | Path,
     chunk_mb: float = 8,
+    rejected_dir: str | Path | None = None,
 ) -> dict[str, object]:
     """Check every file of ``dataset`` against the lock and write ``verified.json`` to ``out``.
 
@@ -844,19 +1168,33 @@ def verify_archives(
     out = Path(out)
     dataset_dir = out.parent
     checksums = Path(checksums)
+    rejected = Path(rejected_dir) if rejected_dir else _default_rejected_dir(dataset_dir)
     statuses: list[ArchiveStatus] = []
-    mismatches: list[ChecksumMismatchError] = []
+    mismatches: list[ChecksumMismatchError | DownloadError] = []
     for name, path in _dataset_files(dataset_dir, paths):
         if not path.is_file():
             raise FileNotFoundError(f"{dataset}: {path} is missing")
         sha, size = sha256_file(path, chunk_mb=chunk_mb)
         try:
+            try:
+                check_official_file(dataset, name, path)
+            except DownloadError:
+                _move(path, _rejected_path(rejected, dataset, name, sha))  # a link moves as such
+                raise
             statuses.append(
                 _accept(
-                    dataset, name, path, path, sha=sha, size=size, checksums=checksums, source=""
+                    dataset,
+                    name,
+                    path,
+                    path,
+                    sha=sha,
+                    size=size,
+                    checksums=checksums,
+                    source="",
+                    rejected_dir=rejected,
                 )
             )
-        except ChecksumMismatchError as error:
+        except (ChecksumMismatchError, DownloadError) as error:
             logger.error("%s", error)  # all files are checked before the first error is raised
             mismatches.append(error)
     if mismatches:
@@ -871,8 +1209,12 @@ def verify_archives(
     _log_summary(dataset, statuses)
     report = {
         "dataset": dataset,
-        "checksums": str(checksums),
-        "files": [s.to_dict() for s in statuses],
+        "checksums": portable_path(checksums),
+        # What ArchiveFolder checks every file against before each read (size, mtime, ends).
+        "files": [
+            s.to_dict() | file_fingerprint(s.path) | {"path": portable_path(s.path)}
+            for s in statuses
+        ],
         "recorded": [s.file for s in statuses if s.status == "recorded"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)

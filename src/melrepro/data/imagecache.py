@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from melrepro.data.archive_io import ArchiveFolder
+from melrepro.data.archive_io import ArchiveFolder, IngestError, describe_error
 
 __all__ = [
     "CachedImage",
@@ -94,6 +94,19 @@ def _mask(data: bytes, size: tuple[int, int]) -> np.ndarray:
     return (array > 127).astype(np.uint8)
 
 
+def _decoded(archive: ArchiveFolder, uri: str, decode, size: tuple[int, int], what: str):
+    """``decode(bytes, size)`` of one member; a failure is an IngestError naming the member."""
+    try:
+        return decode(archive.read(uri), size)
+    except IngestError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any decoder failure, named
+        raise IngestError(
+            f"{archive.root}/{uri}: cannot be decoded ({describe_error(error)}); expected {what} "
+            "(ingest decoded it: has the archive changed since?)"
+        ) from None
+
+
 def cache_images(
     manifest: pd.DataFrame | str | Path,
     archive_root: str | Path,
@@ -117,15 +130,19 @@ def cache_images(
             tqdm(rows.itertuples(index=False), total=len(rows), desc=f"cache {res}", disable=None)
         ):
             size = target_size(int(record.width), int(record.height), res)
-            image = _decode(archive.read(record.image_uri), size)
+            image = _decoded(archive, record.image_uri, _decode, size, "an image")
             arrays[f"image__{record.image_id}"] = resize_image(image, size)
             if isinstance(record.mask_uri, str):
-                arrays[f"mask__{record.image_id}"] = _mask(archive.read(record.mask_uri), size)
+                arrays[f"mask__{record.image_id}"] = _decoded(
+                    archive, record.mask_uri, _mask, size, "a PNG mask"
+                )
             for column in attribute_columns:
                 uri = getattr(record, column)
                 if isinstance(uri, str):
                     name = column.removesuffix("_uri")
-                    arrays[f"{name}__{record.image_id}"] = _mask(archive.read(uri), size)
+                    arrays[f"{name}__{record.image_id}"] = _decoded(
+                        archive, uri, _mask, size, "a PNG mask"
+                    )
             if (done + 1) % 100 == 0:
                 logger.info("cached %d/%d images", done + 1, len(rows))
     output = Path(output)

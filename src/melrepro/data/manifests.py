@@ -25,11 +25,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from melrepro.data import archive_io
 from melrepro.data.archive_io import (
     URI_SEPARATOR,
     ArchiveFolder,
     IngestError,
     at_row,
+    describe_error,
     first_row,
     read_checked_csv,
 )
@@ -162,6 +164,11 @@ def _one_hot_label(frame: pd.DataFrame, columns: tuple[str, ...], where: str) ->
     return pd.Series(np.asarray(columns)[values.argmax(axis=1)], index=frame.index)
 
 
+def _show(value: object) -> str:
+    """A value as a message shows it: ``2``, not ``np.int64(2)``."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _raw(frame: pd.DataFrame, id_column: str) -> pd.DataFrame:
     return frame.rename(columns={c: f"raw_{c}" for c in frame.columns if c != id_column})
 
@@ -170,9 +177,70 @@ def _age(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.astype("string").str.strip(), errors="coerce").astype("Float64")
 
 
-def _sex(values: pd.Series) -> pd.Series:
+#: Values of a sex column that mean "not recorded".
+_NO_SEX = ("", "unknown", "nan", "na")
+
+
+def _sex(values: pd.Series, where: object = "metadata") -> pd.Series:
+    """``male``/``female``, missing for blank or ``unknown``; anything else is an IngestError.
+
+    (``M``, ``f``, ``1``... are not silently turned into missing values.)
+    """
     lowered = values.astype("string").str.strip().str.lower()
+    odd = lowered.notna() & ~lowered.isin(["male", "female", *_NO_SEX])
+    if odd.any():
+        position = first_row(odd)
+        raise IngestError(
+            f"{at_row(str(where), position, 'sex')}: {values.iloc[position]!r}; expected male, "
+            "female, unknown or empty"
+        )
     return lowered.where(lowered.isin(["male", "female"]))
+
+
+#: Plausible ages in years (the official metadata gives 0 to 90, in steps of 5).
+AGE_RANGE = (0.0, 120.0)
+
+
+def _check_ages(frame: pd.DataFrame, dataset: str) -> None:
+    """Refuse an age below 0, above 120 or infinite (``-5``, ``1e400``), naming the image."""
+    if "age" not in frame.columns:
+        return
+    ages = pd.to_numeric(frame["age"], errors="coerce").astype("Float64")
+    low, high = AGE_RANGE
+    finite = ages.notna()
+    bad = finite & ((ages < low) | (ages > high) | ages.isin([np.inf, -np.inf]))
+    if bad.any():
+        position = first_row(bad)
+        raise IngestError(
+            f"{dataset}: image {frame['image_id'].iloc[position]!r} has age "
+            f"{float(ages.iloc[position])!r}; expected {low:g} to {high:g} years or empty"
+        )
+
+
+def _match_metadata(
+    archive: ArchiveFolder, image_ids: pd.Series, meta_ids: pd.Series, csv_name: str
+) -> None:
+    """A metadata row for an image in no zip is an error; images without a row are counted.
+
+    Every dataset is treated alike (HAM10000's metadata already raised on unknown images): a
+    metadata CSV cut short at a row boundary shows up as ``images_without_metadata`` in the
+    manifest's metadata and the log, instead of silently missing ages.
+    """
+    where = archive.path(csv_name.split("::")[0])
+    unknown = ~meta_ids.isin(set(image_ids))
+    if unknown.any():
+        row = first_row(unknown)
+        raise IngestError(
+            f"{at_row(where, row)}: metadata for {meta_ids.iloc[row]!r}, which is in no image "
+            "zip; expected rows for the dataset's images only"
+        )
+    missing = int((~image_ids.isin(set(meta_ids))).sum())
+    if missing:
+        archive.warn(
+            "images_without_metadata",
+            missing,
+            f"{where}: {missing} image(s) have no metadata row (age, sex... missing)",
+        )
 
 
 def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
@@ -190,7 +258,7 @@ def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
                 row = first_row(bad)
                 raise IngestError(
                     f"{at_row(where, row, column)}: "
-                    f"{labels[column].iloc[row]!r}; expected 0.0 or 1.0"
+                    f"{_show(labels[column].iloc[row])}; expected 0.0 or 1.0"
                 )
         both = (labels["melanoma"] == 1.0) & (labels["seborrheic_keratosis"] == 1.0)
         if both.any():
@@ -212,8 +280,12 @@ def _index_isic2017(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
         frame = frame.join(_raw(labels, "image_id").drop(columns="image_id", errors="ignore"))
         metadata = read_checked_csv(archive, image_set.metadata)
         if metadata is not None:
+            _match_metadata(
+                archive, frame["image_id"], metadata["image_id"], image_set.metadata.file
+            )
             meta = metadata.set_index("image_id")
             frame["age"] = _age(frame["image_id"].map(meta["age_approximate"]))
+            _sex(metadata["sex"], archive.path(image_set.metadata.file))  # rows named
             frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
         parts.append(frame)
     return pd.concat(parts, ignore_index=True)
@@ -230,6 +302,13 @@ def _index_archive_melanoma(archive: ArchiveFolder, spec: DatasetLayout) -> pd.D
         if _IMAGE_RE.match(p.name)
     }
     metadata = read_checked_csv(archive, image_set.labels)
+    odd = ~metadata["isic_id"].str.fullmatch(r"ISIC_\d{7}").fillna(False).astype(bool)
+    if odd.any():
+        row = first_row(odd)
+        raise IngestError(
+            f"{at_row(archive.path(image_set.labels.file), row, 'isic_id')}: "
+            f"{metadata['isic_id'].iloc[row]!r}; expected an ISIC id (ISIC_ and 7 digits)"
+        )
     _match_labels(archive, images, metadata["isic_id"], image_set.labels.file, image_set)
     frame = pd.DataFrame({"image_id": metadata["isic_id"]})
     frame["official_split"] = "train"
@@ -250,7 +329,7 @@ def _index_archive_melanoma(archive: ArchiveFolder, spec: DatasetLayout) -> pd.D
     frame["target"] = 1
     frame["image_uri"] = frame["image_id"].map(images)
     if "sex" in metadata.columns:
-        frame["sex"] = _sex(metadata["sex"])
+        frame["sex"] = _sex(metadata["sex"], archive.path(image_set.labels.file))
     if "age_approx" in metadata.columns:
         frame["age"] = _age(metadata["age_approx"])
     if "anatom_site_general" in metadata.columns:
@@ -305,8 +384,15 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
         frame = frame.join(_raw(labels, id_column).drop(columns=id_column, errors="ignore"))
         metadata = read_checked_csv(archive, image_set.metadata) if image_set.metadata else None
         if metadata is not None:
+            _match_metadata(
+                archive,
+                frame["image_id"],
+                metadata[image_set.metadata.id_column],
+                image_set.metadata.file,
+            )
             meta = metadata.set_index(image_set.metadata.id_column)
             frame["age"] = frame["image_id"].map(meta["age_approx"]).astype("Float64")
+            _sex(metadata["sex"], archive.path(image_set.metadata.file))  # rows named
             frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
             frame["site"] = frame["image_id"].map(meta["anatom_site_general"])
             frame["lesion_id"] = frame["image_id"].map(meta["lesion_id"])
@@ -326,6 +412,7 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
         meta = ham.set_index("image_id")
         frame["lesion_id"] = frame["image_id"].map(meta["lesion_id"])
         frame["age"] = frame["image_id"].map(meta["age"]).astype("Float64")
+        _sex(ham["sex"], archive.path(extra.file))  # rows named
         frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
         frame["site"] = frame["image_id"].map(meta["localization"])
         frame["raw_dx"] = frame["image_id"].map(meta["dx"])
@@ -343,7 +430,7 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
         row = first_row(bad)
         raise IngestError(
             f"{at_row(archive.path(train_set.labels.file), row, 'target')}: "
-            f"{labels['target'].iloc[row]!r}; expected 0 or 1"
+            f"{_show(labels['target'].iloc[row])}; expected 0 or 1"
         )
     train = pd.DataFrame({"image_id": labels["image_name"]})
     train["official_split"] = "train"
@@ -351,7 +438,7 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
     train["label"] = np.where(train["target"] == 1, "melanoma", "benign")
     train["patient_id"] = labels["patient_id"]
     train["lesion_id"] = labels["lesion_id"]
-    train["sex"] = _sex(labels["sex"])
+    train["sex"] = _sex(labels["sex"], archive.path(train_set.labels.file))
     train["age"] = labels["age_approx"]
     train["site"] = labels["anatom_site_general_challenge"]
     train["image_uri"] = train["image_id"].map(images)
@@ -365,7 +452,7 @@ def _index_isic2020(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame
     test["label"] = "unknown"
     test["target"] = pd.NA
     test["patient_id"] = metadata["patient"]
-    test["sex"] = _sex(metadata["sex"])
+    test["sex"] = _sex(metadata["sex"], archive.path(test_set.metadata.file))
     test["age"] = metadata["age_approx"]
     test["site"] = metadata["anatom_site_general"]
     test["image_uri"] = test["image_id"].map(test_images)
@@ -423,6 +510,8 @@ def index_dataset(archive_root: str | Path, dataset: str, *, n_shards: int = 1) 
     spec = layout(dataset)
     with ArchiveFolder(archive_root) as archive:
         frame = _INDEXERS[dataset](archive, spec)
+        warnings = dict(archive.warnings)
+    _check_ages(frame, dataset)
     duplicated = frame["image_id"].duplicated()
     if duplicated.any():
         raise IngestError(
@@ -443,12 +532,56 @@ def index_dataset(archive_root: str | Path, dataset: str, *, n_shards: int = 1) 
         + [c for c in rest if not c.startswith("raw_")]
         + [c for c in rest if c.startswith("raw_")]
     ]
-    return frame.sort_values("image_id", ignore_index=True)
+    frame = frame.sort_values("image_id", ignore_index=True)
+    # Counted warnings travel to build_manifest, which records them in the manifest's metadata.
+    if warnings:  # (only then: a frame without attrs is written exactly as before)
+        frame.attrs["ingest_warnings"] = warnings
+    return frame
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
+def _check_mask(
+    where: str, data: bytes, expected: tuple[int, int], image_uri: str, *, nonempty: bool
+) -> bool | None:
+    """Decode one mask and check its size; return whether it has any pixel set (``nonempty``).
+
+    Every failure is an :class:`IngestError` naming the archive member and what was expected.
+    """
+    wanted = f"a PNG mask of {expected[0]}x{expected[1]} px, the size of its image {image_uri}"
+    try:
+        with Image.open(io.BytesIO(data)) as mask:
+            size = mask.size
+            if size[0] * size[1] > archive_io.MAX_IMAGE_PIXELS:
+                raise IngestError(
+                    f"{where}: mask is {size[0]}x{size[1]} px, more than the "
+                    f"{archive_io.MAX_IMAGE_PIXELS} px of the largest official image; expected "
+                    f"{wanted}"
+                )
+            if size != expected:
+                raise IngestError(
+                    f"{where}: mask is {size[0]}x{size[1]} px; expected the size of its image "
+                    f"{image_uri} ({expected[0]}x{expected[1]} px)"
+                )
+            mask.load()  # a truncated mask fails here, not in a later cache job
+            return bool(np.asarray(mask).any()) if nonempty else None
+    except IngestError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any decoder failure, named
+        raise IngestError(
+            f"{where}: mask cannot be decoded ({describe_error(error)}); expected {wanted}"
+        ) from None
+
+
+def _check_image(data: bytes) -> tuple[int, int]:
+    """Decode one image; its size. Raises (to be quarantined) on any failure or a huge image."""
     with Image.open(io.BytesIO(data)) as image:
-        return image.size
+        width, height = image.size
+        if width * height > archive_io.MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"{width}x{height} px, more than the {archive_io.MAX_IMAGE_PIXELS} px of the "
+                "largest official image"
+            )
+        image.load()
+    return width, height
 
 
 def check_images(
@@ -479,14 +612,12 @@ def check_images(
         ):
             row = {"image_id": record.image_id, "width": pd.NA, "height": pd.NA}
             try:
-                with Image.open(io.BytesIO(archive.read(record.image_uri))) as image:
-                    image.load()
-                    row["width"], row["height"] = image.size
+                row["width"], row["height"] = _check_image(archive.read(record.image_uri))
                 row["decodable"], row["error"] = True, ""
             except IngestError:
                 raise
             except Exception as error:  # noqa: BLE001 - any decoder failure is quarantined
-                row["decodable"], row["error"] = False, f"{type(error).__name__}: {error}"
+                row["decodable"], row["error"] = False, describe_error(error)
                 rows.append(row)
                 continue
             expected = (row["width"], row["height"])
@@ -496,17 +627,15 @@ def check_images(
             for column, uri in mask_uris:
                 if uri is None or uri is pd.NA or (isinstance(uri, float) and np.isnan(uri)):
                     continue
-                data = archive.read(uri)
-                size = _png_size(data)
-                if size != expected:
-                    raise IngestError(
-                        f"{archive_root}/{uri}: mask is {size[0]}x{size[1]} px; expected the "
-                        f"size of its image {record.image_uri} ({expected[0]}x{expected[1]} px)"
-                    )
+                nonempty = _check_mask(
+                    f"{archive_root}/{uri}",
+                    archive.read(uri),
+                    expected,
+                    record.image_uri,
+                    nonempty=column != "mask",
+                )
                 if column != "mask":
-                    with Image.open(io.BytesIO(data)) as mask:
-                        name = column.removesuffix("_uri")
-                        row[f"{name}_nonempty"] = bool(np.asarray(mask).any())
+                    row[f"{column.removesuffix('_uri')}_nonempty"] = nonempty
             rows.append(row)
     columns = list(CHECK_COLUMNS) + [c.replace("_uri", "_nonempty") for c in attribute_columns]
     checks = pd.DataFrame(rows, columns=columns)
@@ -566,8 +695,8 @@ def build_manifest(
     if bad.any() and on_undecodable == "fail":
         first = "; ".join(f"{r.image_uri}: {r.error}" for r in quarantine.head(3).itertuples())
         raise IngestError(
-            f"{len(quarantine)} image(s) cannot be decoded ({first}); they are listed in "
-            "quarantine.csv. Re-download the archive, or set data.on_undecodable: drop"
+            f"{len(quarantine)} image(s) cannot be decoded ({first}). Re-download the "
+            "archive, or set data.on_undecodable: drop."
         )
     manifest = merged.loc[~bad].drop(columns=["decodable", "error"]).reset_index(drop=True)
     for column, dtype in MANIFEST_COLUMNS.items():
@@ -580,6 +709,10 @@ def build_manifest(
         "dropped_undecodable": int(bad.sum()),
         "on_undecodable": on_undecodable,
     }
+    warnings = index.attrs.get("ingest_warnings") or {}
+    manifest.attrs = {}  # pyarrow would store attrs in the parquet file: they go to `metadata`
+    if warnings:  # only when there is something to say: good input keeps its metadata
+        metadata["warnings"] = dict(sorted(warnings.items()))
     return manifest, quarantine, metadata
 
 
@@ -602,8 +735,14 @@ def ingest_dataset(
     *,
     n_shards: int,
     on_undecodable: str = "fail",
+    failed_listing: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Index, join the checks, write ``manifest.parquet`` and ``quarantine.csv`` (both or neither)."""
+    """Index, join the checks, write ``manifest.parquet`` and ``quarantine.csv`` (both or neither).
+
+    When undecodable images fail the run, their list is written to ``failed_listing`` (default
+    ``quarantine_path``), which the rule puts outside its outputs (``logs/``): Snakemake deletes
+    the outputs of a failed job, and the message points at the file that survives.
+    """
     index = index_dataset(archive_root, dataset, n_shards=n_shards)
     checks = pd.concat([pd.read_parquet(p) for p in check_paths], ignore_index=True)
     manifest_path, quarantine_path = Path(manifest_path), Path(quarantine_path)
@@ -612,16 +751,20 @@ def ingest_dataset(
         manifest, quarantine, metadata = build_manifest(
             index, checks, on_undecodable=on_undecodable
         )
-    except IngestError:
+    except IngestError as error:
         # The quarantine list is what the user needs to act on: write it even when failing.
         # (Snakemake removes the outputs of a failed job, so the list also goes to the log.)
         bad = checks[~checks["decodable"].astype(bool)]
         listing = bad.merge(index[["image_id", "image_uri"]], on="image_id")[
             ["image_id", "image_uri", "error"]
         ]
-        listing.to_csv(quarantine_path, index=False)
+        target = Path(failed_listing) if failed_listing else quarantine_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        listing.to_csv(target, index=False)
         logger.error("quarantined images:\n%s", listing.to_csv(index=False))
-        raise
+        if listing.empty:
+            raise
+        raise IngestError(f"{error} The undecodable images are listed in {target}.") from None
     tmp = quarantine_path.with_name(quarantine_path.name + ".tmp")
     quarantine.to_csv(tmp, index=False)
     _write_parquet(manifest, manifest_path, metadata)

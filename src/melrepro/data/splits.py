@@ -109,6 +109,11 @@ def grouped_split(
     """
     if len(fractions) not in (2, 3) or not np.isclose(sum(fractions), 1.0):
         raise ValueError(f"fractions {fractions}; expected 2 or 3 numbers summing to 1")
+    if any(not 0 < float(f) < 1 for f in fractions):
+        raise ValueError(
+            f"fractions {fractions} (data.splits in the config); expected each strictly "
+            "between 0 and 1"
+        )
     y, groups = np.asarray(y), np.asarray(groups)
     split = np.full(len(y), "train", dtype=object)
     remaining = np.arange(len(y))

@@ -80,6 +80,35 @@ def _gpu_claim() -> dict[str, Any] | None:
         return None
 
 
+#: Config keys holding local paths: recorded relative to the project, or by name when outside it.
+LOCAL_PATH_KEYS = ("archive_dir", "checksums")
+
+
+def _portable(value: Any) -> Any:
+    if not isinstance(value, str) or not Path(value).is_absolute():
+        return value
+    try:
+        return Path(value).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(value).name
+
+
+def portable_config(config: Any) -> Any:
+    """``config`` with the local paths of :data:`LOCAL_PATH_KEYS` made relative (or names).
+
+    run_info.json is shared with results; a user's absolute archive folder is not provenance
+    (the checksum lock is), and it would differ between two machines running the same thing.
+    """
+    if isinstance(config, dict):
+        return {
+            key: _portable(value) if key in LOCAL_PATH_KEYS else portable_config(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [portable_config(value) for value in config]
+    return config
+
+
 def run_info(
     *,
     data_source: str,
@@ -106,6 +135,7 @@ def run_info(
     **extra
         Anything else worth recording (deviations from the paper in this run, sizes...).
     """
+    config = portable_config(config)
     return {
         "data_source": data_source,
         "config_hash": config_hash(config),
