@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
@@ -222,6 +223,27 @@ def test_finished_run_is_not_retrained(tmp_path):
     for name, tensor in first.model.state_dict().items():
         torch.testing.assert_close(again.model.state_dict()[name], tensor, rtol=0, atol=0)
     assert again.history.equals(first.history)
+
+
+def test_history_is_written_after_every_epoch(tmp_path):
+    """Check history.csv holds every finished epoch while the run goes on (issue 22: follow a
+    training), and the whole history at the end."""
+    images, labels = _blobs(16)
+    ds = training.ArrayDataset(images, labels, per_image_normalize)
+    opts = training.TrainOptions.from_dict({**TINY, "epochs": 3})
+    history_path = tmp_path / "out" / "history.csv"
+    seen = {}
+
+    def record(epoch, _row):
+        seen[epoch] = pd.read_csv(history_path)["epoch"].tolist()
+
+    result = training.train_model(
+        ds, ds, opts, checkpoint_dir=tmp_path / "ckpt", history_path=history_path,
+        on_epoch_end=record,
+    )  # fmt: skip
+    assert seen == {1: [1], 2: [1, 2], 3: [1, 2, 3]}
+    assert pd.read_csv(history_path).equals(result.history)
+    assert not list(history_path.parent.glob("*.tmp"))
 
 
 def test_finished_checkpoint_keeps_bookkeeping_not_weights(tmp_path):

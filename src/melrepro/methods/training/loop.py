@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -430,7 +431,8 @@ def train_model(
         outside Snakemake's declared outputs so a killed job's checkpoints survive. A
         ``last.pt`` written with other options or other data is ignored (and overwritten).
     history_path : path, optional
-        CSV of per-epoch ``epoch, train_loss, val_loss, val_score, lr, frozen, seconds``.
+        CSV of per-epoch ``epoch, train_loss, val_loss, val_score, lr, frozen, seconds``,
+        rewritten after every epoch (a running job's progress can be followed there).
     on_epoch_end : callable, optional
         Called as ``on_epoch_end(epoch, row)`` after the checkpoint of each epoch is written
         (used by tests to kill a run).
@@ -471,6 +473,7 @@ def train_model(
         start_epoch=start_epoch,
         last_path=last_path,
         best_path=best_path,
+        history_path=history_path,
         on_epoch_end=on_epoch_end,
         device_transform=device_transform,
     )
@@ -503,11 +506,13 @@ def _train_epochs(
     start_epoch: int,
     last_path: Path,
     best_path: Path,
+    history_path: str | Path | None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None,
     device_transform: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> None:
     """Epochs ``start_epoch`` .. ``options.epochs`` (or until early stopping), each followed by
-    its ``last.pt``; nothing (no loaders either) when the run already finished."""
+    its ``last.pt`` and the history so far; nothing (no loaders either) when the run already
+    finished."""
     logger.info(
         "Start training: %d epochs, %d train / %d val images",
         options.epochs,
@@ -527,6 +532,7 @@ def _train_epochs(
         if finished and epoch < options.epochs:
             logger.info("Early stopping after epoch %d (best epoch %d)", epoch, run.best_epoch)
         _save_last(run, options, epoch, finished, last_path)
+        _write_history(run.history, history_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         epoch += 1
@@ -539,6 +545,19 @@ def _train_epochs(
     )
 
 
+def _write_history(history: list[dict[str, Any]], path: str | Path | None) -> pd.DataFrame:
+    """The history as a frame, written to ``path`` (when given) through a temporary file, so a
+    reader never sees half a file."""
+    frame = pd.DataFrame(history)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+    return frame
+
+
 def _best_result(
     run: _Run, best_path: Path, history_path: str | Path | None, resumed_from: int
 ) -> TrainResult:
@@ -546,10 +565,7 @@ def _best_result(
     when given) and how it was obtained."""
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     run.model.load_state_dict(best["model"])
-    hist = pd.DataFrame(run.history)
-    if history_path is not None:
-        Path(history_path).parent.mkdir(parents=True, exist_ok=True)
-        hist.to_csv(history_path, index=False)
+    hist = _write_history(run.history, history_path)
     return TrainResult(
         model=run.model,
         history=hist,
