@@ -11,7 +11,14 @@ from snakemake.utils import min_version
 min_version("9")
 
 
-configfile: "config/config.yaml"
+# The embedded default is loaded only when no --configfile is given. A run with its own
+# --configfile (the real run: config/isic.yaml) is that file plus the schemas' defaults, which are
+# the papers' values (workflow/schemas/); Snakemake would otherwise merge the file over config.yaml
+# key by key and the real run would inherit every value only the default sets (issue 19). To change
+# a few keys of the default, name it first: --configfile config/config.yaml mine.yaml.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

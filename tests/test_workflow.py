@@ -126,7 +126,8 @@ def _copy_workflow(tmp_path: Path) -> Path:
 
 def _tiny_config(workdir: Path) -> Path:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    # --configfile is merged key by key into config.yaml: name every class, so none is left over.
+    # A --configfile replaces config.yaml (and merges over the schemas' defaults key by key):
+    # name every class, so none is left over from the synthetic schema's defaults.
     config["data"]["synthetic"] = {}
     for dataset in DATASETS:
         spec = tiny_spec(dataset)
