@@ -44,3 +44,5 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+        # the departures from the papers, linked from the report (workflow/report/workflow.rst)
+        "results/deviations.md",

@@ -81,6 +81,30 @@ rule summarize_scorecard:
         "../../scripts/summarize_scorecard.py"
 
 
+# The departures from the papers (docs/deviations.md, generated from the code's marks) in the report.
+rule copy_deviations:
+    input:
+        "docs/deviations.md",
+    output:
+        deviations=report(
+            "results/deviations.md",
+            caption="../report/deviations.rst",
+            category="deviations",
+        ),
+    log:
+        "logs/copy_deviations/deviations.log",
+    benchmark:
+        "benchmarks/results/copy_deviations/deviations.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=100,
+        runtime=1,
+    shell:
+        "cp {input} {output.deviations} 2> {log}"
+
+
 # The "diagram" artifacts: each paper's pipeline drawing is replaced by the workflow's own rule graph.
 for _paper, _figure in RULEGRAPH_FIGURES.items():
 

@@ -88,6 +88,8 @@ def encode_metadata(
     -------
     (N, F) float32 ndarray
     """
+    # DEVIATION: the paper drops rows with missing metadata but must score every test image -> a
+    # test row's missing age is 0 and its missing sex/site one-hots are all 0 (the paper is silent).
     age = pd.to_numeric(frame["age"], errors="coerce").astype(float).fillna(0.0).to_numpy()
     sex = frame["sex"].astype("string")
     site = frame["site"].astype("string")

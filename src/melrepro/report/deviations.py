@@ -11,6 +11,8 @@ for marks, attributes each to a paper and writes the Markdown.
 
 Attribution, first match wins:
 
+- an explanation that starts with a paper key and a colon (``# DEVIATION: gradcam_overlap: ...``),
+  for a departure of one paper decided in shared code;
 - ``src/melrepro/papers/<paper>/...``, ``scripts/*<paper>*``, ``workflow/rules/<paper>.smk``;
 - a config file: the top-level section the key sits under (``gcn_mil:``, ``data:``, ...);
 - a module of ``src/melrepro/methods/`` that the code of exactly one paper imports;
@@ -246,8 +248,13 @@ def method_owners(root: Path) -> dict[str, set[str]]:
     return owners
 
 
-def attribute(path: str, config_section: str | None, owners: dict[str, set[str]]) -> str:
+def attribute(
+    path: str, config_section: str | None, owners: dict[str, set[str]], text: str = ""
+) -> str:
     """The paper a mark at ``path`` belongs to (see the module docstring), or ``shared``."""
+    named = re.match(r"([a-z_0-9]+):", text)
+    if named and named.group(1) in PAPERS:
+        return named.group(1)
     parts = path.split("/")
     if path.startswith("src/melrepro/papers/") and parts[3] in PAPERS:
         return parts[3]
@@ -294,7 +301,7 @@ def scan(root: Path | str) -> list[Mark]:
                 where = _code_where(scopes, lines, line_number)
             else:
                 where = "rule file"
-            paper = attribute(relative, section, owners)
+            paper = attribute(relative, section, owners, explanation)
             marks.append(Mark(relative, line_number, explanation, where, paper))
     order = {p: i for i, p in enumerate([*PAPERS, SHARED])}
     return sorted(marks, key=lambda m: (order[m.paper], m.path, m.line))

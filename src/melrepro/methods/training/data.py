@@ -228,6 +228,8 @@ class TrainLoader:
             num_workers=workers,
             persistent_workers=workers > 0,
             # BatchNorm cannot train on a last batch of one sample.
+            # DEVIATION: the papers' loaders (PyTorch and Keras defaults) keep the last partial batch -> it is
+            # dropped when the set is larger than a batch, since BatchNorm cannot train on a batch of one.
             drop_last=n > batch_size,
             pin_memory=_pin_memory(options),
             worker_init_fn=_one_thread if workers else None,

@@ -76,6 +76,8 @@ class CNNClassifier(nn.Module):
         self.weights_name = "random_init"
         weights = None
         if pretrained:
+            # DEVIATION: gradcam_overlap: Keras' ImageNet ResNet50 (like torchvision's IMAGENET1K_V1) ->
+            # DEFAULT, which for resnet50 is IMAGENET1K_V2 (resnet18, vgg16 and efficientnet_b0: V1 only).
             weights = torchvision.models.get_model_weights(backbone).DEFAULT
             self.weights_name = f"torchvision:{backbone}:{weights.name}"
         net = torchvision.models.get_model(backbone, weights=weights)
@@ -215,6 +217,8 @@ def use_flatten_mlp_head(model: CNNClassifier, options: TrainOptions) -> CNNClas
     n_features = flatten_size(model.backbone, int(options.image_size))
     n_meta = model.meta[-2].out_features if model.meta is not None else 0
     h = options.head_hidden
+    # DEVIATION: gradcam_overlap: TIML's Keras Dense layers start Glorot-uniform with zero biases ->
+    # torch's default (Kaiming-uniform) init of the Linear layers; the paper does not state one.
     model.head = nn.Sequential(
         nn.Linear(n_features + n_meta, h),
         nn.ReLU(),

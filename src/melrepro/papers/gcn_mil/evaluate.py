@@ -152,6 +152,9 @@ def _choose_eta(
         return np.mean([per_image[i] for i in ids], axis=0) if ids else np.full(len(etas), np.nan)
 
     train_curve, test_curve = mean_curve("train"), mean_curve("test")
+    # DEVIATION: §4.2 says η is calibrated on melanoma data only -> η is chosen on the training
+    # images of every class (§2.3 names only "the ISIC 2017 training dataset") and JA is averaged
+    # over every test image.
     best = int(np.nanargmax(train_curve))
     predictions["jaccard"] = [
         per_image[i][best] if i in per_image and predictions.at[i, "split"] == "test" else np.nan

@@ -136,6 +136,9 @@ def compute_overlap(
     options = load_options(metrics_path)
     model = training.load_model(model_path, options)
     target = training.keras_layer(model, layer)
+    # DEVIATION: the paper computes Grad-CAM on the task-2 images -> on each image's ISIC 2019 copy
+    # (the same photograph, some stored downsampled) from the classifier's cache, so the input is
+    # exactly what the classifier saw; the maps are then compared to the task-2 masks as in the paper.
     images = read_cache_subset(cache_paths, set(rows["isic2019_id"]))
     maps, classes, constant = _gradcam_maps(model, target, rows, images, grid, batch_size)
     if maps.shape[1:] != tuple(grid):

@@ -48,6 +48,8 @@ def clean_training(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     if train["target"].isna().any():
         raise ValueError("training rows without a target in the isic2020 manifest")
     train["target"] = train["target"].astype(int)
+    # DEVIATION: the paper removes "duplicate images" without naming a list -> the official
+    # ISIC_2020_Training_Duplicates.csv (image_name_2 of each pair dropped), as the author's code does.
     dup = train["duplicate_of"].notna()
     no_dup = train[~dup]
     na = no_dup[list(_META)].isna().any(axis=1)
@@ -209,6 +211,8 @@ def _brightness_counts(brightness: pd.DataFrame, train_all: pd.DataFrame) -> dic
     counts: dict[str, Any] = {}
     b = brightness.set_index("image_id")["brightness"]
     mel = train_all.loc[train_all["target"] == 1, "image_id"]
+    # DEVIATION: the paper (and the author's code: all 572 cleaned melanomas) takes the median over
+    # every melanoma -> All train's melanomas only, so no validation or evaluation image sets it.
     counts["brightness_threshold"] = brightness_threshold(b.reindex(mel).dropna())
     counts["brightness_melanomas"] = len(mel)
     counts["melanomas_below_threshold"] = int(
