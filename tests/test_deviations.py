@@ -106,5 +106,5 @@ def test_marks_are_attributed_by_path_config_section_and_method_users(tmp_path):
     )
     text = deviations.render(list(by_place.values()))
     gcn_table = text.split("## 000 gcn_mil")[1].split("## ")[0]
-    assert "`src/melrepro/methods/only_one.py:2`" in gcn_table
+    assert "`src/melrepro/methods/only_one.py`" in gcn_table
     assert "No marks." in text.split("## 001 sp_graphs")[1].split("## ")[0]

@@ -332,8 +332,8 @@ def render(marks: list[Mark]) -> str:
         if not rows:
             out += ["No marks.", ""]
             continue
-        out += ["| file:line | what | where |", "|---|---|---|"]
-        out += [f"| `{m.path}:{m.line}` | {_cell(m.text)} | `{_cell(m.where)}` |" for m in rows]
+        out += ["| file | where | what |", "|---|---|---|"]
+        out += [f"| `{m.path}` | `{_cell(m.where)}` | {_cell(m.text)} |" for m in rows]
         out.append("")
     return "\n".join(out)
 
