@@ -37,3 +37,7 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# ---- every script rule also depends on the melrepro code it imports (see common.smk) ----
+add_code_digests()

@@ -14,6 +14,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.main_snakefile).parent / "src"))
 
 from melrepro.data.layouts import DATASETS as LAYOUTS
+from melrepro.report.script_imports import source_digest
 
 validate(config, "../schemas/config.schema.yaml")
 validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
@@ -60,6 +61,20 @@ def sorted_params(value):
     if isinstance(value, list):
         return [sorted_params(v) for v in value]
     return value
+
+
+def add_code_digests():
+    """Give every step that runs a `script` the param `code`: a digest of the melrepro modules the
+    script imports, transitively (melrepro.report.script_imports). Snakemake's code trigger sees
+    only the thin script (Snakemake issue 3028), so without it a change in the methods would
+    rerun nothing; with it the `params` rerun trigger reruns exactly the jobs that import the
+    changed module. Called once at the end of the Snakefile, after every rule exists.
+    """
+    src = Path(workflow.main_snakefile).parent / "src"
+    for step in workflow.rules:
+        if step.script is not None:
+            script = step.basedir.join(step.script).get_path_or_uri(secret_free=True)
+            step.set_params(code=source_digest(Path(script), src))
 
 
 def active_papers():
