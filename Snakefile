@@ -39,5 +39,7 @@ rule all:
         get_final_output(),
 
 
-# ---- every script rule also depends on the melrepro code it imports (see common.smk) ----
+# ---- after every rule exists (see common.smk): each script rule also depends on the melrepro
+# code it imports; short rules run on the submitting host ----
 add_code_digests()
+mark_short_rules_local()

@@ -53,12 +53,13 @@ with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
                 if name in ("mem_mb", "runtime", "gpu", "_cores")
             },
         }
-print("RULE-FACTS " + json.dumps(facts))
+print("RULE-FACTS " + json.dumps({"rules": facts, "config": workflow.config}))
 """
 
 
-def rule_facts(workdir: Path = ROOT, configfiles: tuple[str, ...] = ()) -> dict[str, dict]:
-    """Rule name -> {script, conda, local, resources: {name: [attempt 1, attempt 2]}}."""
+def parse_workflow(workdir: Path = ROOT, configfiles: tuple[str, ...] = ()) -> dict:
+    """{"rules": rule name -> {script, conda, local, resources: {name: [attempt 1, attempt 2]}},
+    "config": the config the rules were made from}."""
     env = {**os.environ, "PYTHONPATH": str(workdir / "src")}
     result = subprocess.run(
         [sys.executable, "-c", _PARSE, *configfiles],
@@ -70,3 +71,8 @@ def rule_facts(workdir: Path = ROOT, configfiles: tuple[str, ...] = ()) -> dict[
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RULE-FACTS "))
     return json.loads(line.removeprefix("RULE-FACTS "))
+
+
+def rule_facts(workdir: Path = ROOT, configfiles: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Rule name -> {script, conda, local, resources: {name: [attempt 1, attempt 2]}}."""
+    return parse_workflow(workdir, configfiles)["rules"]

@@ -54,9 +54,9 @@ if EFFNET_HAM:
             "../../envs/torch.yaml"
         threads: EFFNET_HAM["threads"]
         resources:
-            mem_mb=EFFNET_HAM["mem_mb"],
-            runtime=EFFNET_HAM["runtime"],
-            gpu=1,
+            mem_mb=grows_with_attempt(EFFNET_HAM["mem_mb"]),
+            runtime=grows_with_attempt(EFFNET_HAM["runtime"]),
+            gpu=JOB_GPUS,
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),
@@ -195,9 +195,9 @@ if EFFNET_HAM:
             "../../envs/torch.yaml"
         threads: EFFNET_HAM["threads"]
         resources:
-            mem_mb=EFFNET_HAM["mem_mb"],
+            mem_mb=grows_with_attempt(EFFNET_HAM["mem_mb"]),
             # Grad-CAM of the test images runs on the CPU (minutes): no GPU slot held idle.
-            runtime=60,
+            runtime=grows_with_attempt(60),
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),

@@ -71,9 +71,9 @@ if GRADCAM:
             "../../envs/torch.yaml"
         threads: GRADCAM["threads"]
         resources:
-            mem_mb=GRADCAM["mem_mb"],
-            runtime=GRADCAM["runtime"],
-            gpu=1,
+            mem_mb=grows_with_attempt(GRADCAM["mem_mb"]),
+            runtime=grows_with_attempt(GRADCAM["runtime"]),
+            gpu=JOB_GPUS,
         params:
             settings=lambda wc: gradcam_settings(wc.model),
             # Not an output: Snakemake must not delete checkpoints when a job is killed.
@@ -122,8 +122,8 @@ if GRADCAM:
             "../../envs/torch.yaml"
         threads: GRADCAM["threads"]
         resources:
-            mem_mb=GRADCAM["gradcam_mem_mb"],
-            runtime=120,
+            mem_mb=grows_with_attempt(GRADCAM["gradcam_mem_mb"]),
+            runtime=grows_with_attempt(120),
         params:
             layer=lambda wc: gradcam_model(wc)["layer"],
             grid=lambda wc: gradcam_model(wc)["grid"],

@@ -122,9 +122,9 @@ if SIIM:
             "../../envs/torch.yaml"
         threads: SIIM["threads"]
         resources:
-            mem_mb=SIIM["mem_mb"],
-            runtime=SIIM["runtime"],
-            gpu=1,
+            mem_mb=grows_with_attempt(SIIM["mem_mb"]),
+            runtime=grows_with_attempt(SIIM["runtime"]),
+            gpu=JOB_GPUS,
         params:
             train=sorted_params(SIIM["train"]),
             head=sorted_params(SIIM["head"]),
