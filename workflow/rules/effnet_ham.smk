@@ -116,7 +116,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/plot_effnet_ham_class_distribution/fig01.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -141,7 +141,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/plot_effnet_ham_loss/fig02.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -164,7 +164,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/plot_effnet_ham_confusion/fig03.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
