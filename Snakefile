@@ -46,3 +46,9 @@ rule all:
         get_final_output(),
         # the departures from the papers, linked from the report (workflow/report/workflow.rst)
         "results/deviations.md",
+
+
+# ---- after every rule exists (see common.smk): each script rule also depends on the melrepro
+# code it imports; short rules run on the submitting host ----
+add_code_digests()
+mark_short_rules_local()

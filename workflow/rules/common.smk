@@ -4,6 +4,7 @@ import math
 import os
 import re
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -14,6 +15,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.main_snakefile).parent / "src"))
 
 from melrepro.data.layouts import DATASETS as LAYOUTS
+from melrepro.report.script_imports import source_digest
 
 validate(config, "../schemas/config.schema.yaml")
 validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
@@ -60,6 +62,66 @@ def sorted_params(value):
     if isinstance(value, list):
         return [sorted_params(v) for v in value]
     return value
+
+
+def add_code_digests():
+    """Give every step that runs a `script` the param `code`: a digest of the melrepro modules the
+    script imports, transitively (melrepro.report.script_imports). Snakemake's code trigger sees
+    only the thin script (Snakemake issue 3028), so without it a change in the methods would
+    rerun nothing; with it the `params` rerun trigger reruns exactly the jobs that import the
+    changed module. Called once at the end of the Snakefile, after every rule exists.
+    """
+    src = Path(workflow.main_snakefile).parent / "src"
+    for step in workflow.rules:
+        if step.script is not None:
+            script = step.basedir.join(step.script).get_path_or_uri(secret_free=True)
+            step.set_params(code=source_digest(Path(script), src))
+
+
+#: The `gpu` resource of every deep-learning rule: none when the config pins the CPU, so that
+#: SLURM does not reserve a GPU the job would not use (and locally `--resources gpu=N` is not
+#: spent on it); such a job's claim_gpus(0) hides the machine's GPUs from it.
+JOB_GPUS = 0 if config["device"] == "cpu" else 1
+
+
+def grows_with_attempt(base):
+    """A mem_mb or runtime that is `base` on the first attempt and `base * k` on the k-th: after
+    an out-of-memory or time-limit kill, `--retries` (the SLURM profile sets 1) asks for more
+    instead of failing the same way again."""
+    return lambda wildcards, attempt: base * attempt
+
+
+#: Short jobs (tables, figures, the scorecard, run info, rule-graph drawings; minutes and a
+#: few GB at most) run on the submitting host under SLURM, where queueing one takes longer than
+#: running it. Patterns, because a paper's rules exist only when its section is configured and some are
+#: made in loops. Not plot_gcn_mil: it reads the full-resolution cache (16 GB in isic.yaml).
+LOCAL_RULE_PATTERNS = [
+    "count_classes",
+    "tabulate_*",
+    "plot_sp_graphs_*",
+    "plot_siim2020_*",
+    "write_siim2020_submission",
+    "plot_effnet_ham_*",
+    "plot_gradcam_overlap_*",
+    "score_paper",
+    "plot_scorecard",
+    "summarize_scorecard",
+    "draw_rulegraph_*",
+    "write_folder_run_info",
+]
+
+
+def mark_short_rules_local():
+    """Declare the rules that match LOCAL_RULE_PATTERNS local (the `localrules:` directive takes
+    only literal names). Called once at the end of the Snakefile, after every rule exists.
+    """
+    workflow.localrules(
+        *[
+            step.name
+            for step in workflow.rules
+            if any(fnmatch(step.name, pattern) for pattern in LOCAL_RULE_PATTERNS)
+        ]
+    )
 
 
 def active_papers():

@@ -54,9 +54,9 @@ if EFFNET_HAM:
             "../../envs/torch.yaml"
         threads: EFFNET_HAM["threads"]
         resources:
-            mem_mb=EFFNET_HAM["mem_mb"],
-            runtime=EFFNET_HAM["runtime"],
-            gpu=1,
+            mem_mb=grows_with_attempt(EFFNET_HAM["mem_mb"]),
+            runtime=grows_with_attempt(EFFNET_HAM["runtime"]),
+            gpu=JOB_GPUS,
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),
@@ -116,7 +116,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/plot_effnet_ham_class_distribution/fig01.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -141,7 +141,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/plot_effnet_ham_loss/fig02.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -164,7 +164,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/plot_effnet_ham_confusion/fig03.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -195,9 +195,9 @@ if EFFNET_HAM:
             "../../envs/torch.yaml"
         threads: EFFNET_HAM["threads"]
         resources:
-            mem_mb=EFFNET_HAM["mem_mb"],
+            mem_mb=grows_with_attempt(EFFNET_HAM["mem_mb"]),
             # Grad-CAM of the test images runs on the CPU (minutes): no GPU slot held idle.
-            runtime=60,
+            runtime=grows_with_attempt(60),
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),

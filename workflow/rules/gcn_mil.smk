@@ -76,9 +76,9 @@ rule extract_gcn_mil_features:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=GCN_MIL_MEM.get("extract", 4000),
-        runtime=1440 if GCN_MIL_FULL else 60,
-        gpu=1,
+        mem_mb=grows_with_attempt(GCN_MIL_MEM.get("extract", 4000)),
+        runtime=grows_with_attempt(1440 if GCN_MIL_FULL else 60),
+        gpu=JOB_GPUS,
     params:
         bags=GCN_MIL_BAGS,
         pretrained=config["pretrained"],
@@ -106,9 +106,9 @@ rule train_gcn_mil:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=GCN_MIL_MEM.get("train", 8000),
-        runtime=2880 if GCN_MIL_FULL else 120,
-        gpu=1,
+        mem_mb=grows_with_attempt(GCN_MIL_MEM.get("train", 8000)),
+        runtime=grows_with_attempt(2880 if GCN_MIL_FULL else 120),
+        gpu=JOB_GPUS,
     params:
         checkpoint_dir=lambda wc: f"{GCN_MIL_OUT}/checkpoints/{wc.adjacency}/run-{wc.run}",
         radius_factor=GCN_MIL_GRAPH["radius_factor"],
@@ -142,9 +142,9 @@ rule evaluate_gcn_mil:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=GCN_MIL_MEM.get("evaluate", 4000),
-        runtime=240 if GCN_MIL_FULL else 60,
-        gpu=1,
+        mem_mb=grows_with_attempt(GCN_MIL_MEM.get("evaluate", 4000)),
+        runtime=grows_with_attempt(240 if GCN_MIL_FULL else 60),
+        gpu=JOB_GPUS,
     params:
         thresholds=GCN_MIL.get("thresholds", {}),
         device=config["device"],
@@ -182,8 +182,8 @@ rule tabulate_gcn_mil:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=GCN_MIL_MEM.get("tabulate", 2000),
-        runtime=10,
+        mem_mb=grows_with_attempt(GCN_MIL_MEM.get("tabulate", 2000)),
+        runtime=grows_with_attempt(10),
     params:
         bags={**GCN_MIL_BAGS, **GCN_MIL_GRAPH},
         readings=GCN_MIL_READINGS,
@@ -224,8 +224,8 @@ rule plot_gcn_mil:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=GCN_MIL_MEM.get("plot", 4000),
-        runtime=30 if GCN_MIL_FULL else 10,
+        mem_mb=grows_with_attempt(GCN_MIL_MEM.get("plot", 4000)),
+        runtime=grows_with_attempt(30 if GCN_MIL_FULL else 10),
     params:
         bags={**GCN_MIL_BAGS, **GCN_MIL_GRAPH},
         n_cases=GCN_MIL.get("figure_cases", 4),

@@ -71,9 +71,9 @@ if GRADCAM:
             "../../envs/torch.yaml"
         threads: GRADCAM["threads"]
         resources:
-            mem_mb=GRADCAM["mem_mb"],
-            runtime=GRADCAM["runtime"],
-            gpu=1,
+            mem_mb=grows_with_attempt(GRADCAM["mem_mb"]),
+            runtime=grows_with_attempt(GRADCAM["runtime"]),
+            gpu=JOB_GPUS,
         params:
             settings=lambda wc: gradcam_settings(wc.model),
             # Not an output: Snakemake must not delete checkpoints when a job is killed.
@@ -94,7 +94,7 @@ if GRADCAM:
         benchmark:
             "benchmarks/results/join_gradcam_overlap/join.tsv"
         conda:
-            "../../envs/data.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -122,8 +122,8 @@ if GRADCAM:
             "../../envs/torch.yaml"
         threads: GRADCAM["threads"]
         resources:
-            mem_mb=GRADCAM["gradcam_mem_mb"],
-            runtime=120,
+            mem_mb=grows_with_attempt(GRADCAM["gradcam_mem_mb"]),
+            runtime=grows_with_attempt(120),
         params:
             layer=lambda wc: gradcam_model(wc)["layer"],
             grid=lambda wc: gradcam_model(wc)["grid"],
@@ -161,7 +161,7 @@ if GRADCAM:
         benchmark:
             "benchmarks/results/tabulate_gradcam_overlap/tables.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -192,7 +192,7 @@ if GRADCAM:
         benchmark:
             "benchmarks/results/plot_gradcam_overlap_masks/fig01.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -220,7 +220,7 @@ if GRADCAM:
         benchmark:
             "benchmarks/results/plot_gradcam_overlap_saliency/fig02.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -248,7 +248,7 @@ if GRADCAM:
         benchmark:
             "benchmarks/results/plot_gradcam_overlap_histograms/fig03.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -280,7 +280,7 @@ if GRADCAM:
             benchmark:
                 f"benchmarks/results/plot_gradcam_overlap_thresholds/{_fig}.tsv"
             conda:
-                "../../envs/report.yaml"
+                "../../envs/torch.yaml"
             threads: 1
             resources:
                 mem_mb=2000,

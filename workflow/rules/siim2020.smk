@@ -59,7 +59,7 @@ if SIIM:
         benchmark:
             "benchmarks/results/prepare_siim2020_images/{shard}.tsv"
         conda:
-            "../../envs/data.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -84,7 +84,7 @@ if SIIM:
         wildcard_constraints:
             protocol="patient|author_code",
         conda:
-            "../../envs/data.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -122,9 +122,9 @@ if SIIM:
             "../../envs/torch.yaml"
         threads: SIIM["threads"]
         resources:
-            mem_mb=SIIM["mem_mb"],
-            runtime=SIIM["runtime"],
-            gpu=1,
+            mem_mb=grows_with_attempt(SIIM["mem_mb"]),
+            runtime=grows_with_attempt(SIIM["runtime"]),
+            gpu=JOB_GPUS,
         params:
             train=sorted_params(SIIM["train"]),
             head=sorted_params(SIIM["head"]),
@@ -190,7 +190,7 @@ if SIIM:
         wildcard_constraints:
             figure="|".join(SIIM_DATA_FIGURES),
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -221,7 +221,7 @@ if SIIM:
         wildcard_constraints:
             figure="|".join(SIIM_LOSS_FIGURES),
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -250,7 +250,7 @@ if SIIM:
         wildcard_constraints:
             figure="|".join(SIIM_ROC_FIGURES),
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -276,7 +276,7 @@ if SIIM:
         benchmark:
             "benchmarks/results/plot_siim2020_confusion/fig10.tsv"
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -304,7 +304,7 @@ if SIIM:
         wildcard_constraints:
             figure="fig11|fig12",
         conda:
-            "../../envs/report.yaml"
+            "../../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
