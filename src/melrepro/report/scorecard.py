@@ -442,7 +442,11 @@ def _summary_line(paper: str, quantity: str, part: pd.DataFrame, source: str) ->
     median_relative = relative.median() if relative.notna().any() else float("nan")
     counts = part["verdict"].value_counts()
     tally = " | ".join(str(int(counts.get(v, 0))) for v in VERDICTS)
-    protocols = "; ".join(sorted(set(part["protocol"].astype(str))))
+    protocols = (
+        "(by quantity, above)"
+        if quantity == "all"
+        else "; ".join(sorted(set(part["protocol"].astype(str))))
+    )
     return (
         f"| {paper} | {quantity} | {len(part)} | {int(found.sum())} | {tally} | "
         f"{median:.4g} | {median_relative:.1%} | {protocols} | {source} |"
@@ -566,9 +570,7 @@ def plot_scorecard(card: pd.DataFrame, output: str | Path, *, paper: str) -> Non
             ax.set_ylim(lo - pad, hi + pad)
             ax.legend(fontsize=7, loc="upper left")
         else:
-            ax.text(
-                0.5, 0.5, "no value found", ha="center", va="center", transform=ax.transAxes
-            )
+            ax.text(0.5, 0.5, "no value found", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("paper")
         ax.set_ylabel("reproduced")
         ax.set_title(f"{quantity}: {len(part)} of {n_total} with a value", fontsize=9)
