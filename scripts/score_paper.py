@@ -11,6 +11,7 @@ card = score_paper(
     snakemake.params.tables_dir,
     data_source=snakemake.params.data_source,
     quantities_path=snakemake.input.quantities,
+    margins_path=snakemake.input.margins,
     paper=snakemake.wildcards.paper,
 )
 Path(snakemake.output.scorecard).parent.mkdir(parents=True, exist_ok=True)

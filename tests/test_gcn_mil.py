@@ -329,6 +329,10 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
     assert table5.loc[(OUR_ROW, "block"), "AUC"] == pytest.approx(mean_auc)
     assert table5.loc[(OUR_ROW, "stride"), "AUC"] == pytest.approx(evaluated[1][0]["auc"])
     assert table5.loc[(OUR_ROW, "stride"), "AUC SD"] == 0.0
+    # The interval over runs: around the mean of two runs, none from one run.
+    block = table5.loc[(OUR_ROW, "block")]
+    assert block["AUC CI low"] <= mean_auc <= block["AUC CI high"]
+    assert np.isnan(table5.loc[(OUR_ROW, "stride"), "AUC CI low"])
     assert table5.loc[("LIN [9]", "cited"), "JA"] == pytest.approx(0.753)
     assert table5.loc[(OUR_ROW, "paper"), "AUC"] == pytest.approx(0.930)
     # Printed values keep the paper's digits: 0.840 (ResNet101 accuracy), 0.930 (its own AUC).

@@ -157,7 +157,12 @@ def test_round_trip_features_cv_tables_figures(toy_dataset, tmp_path):
     outputs = {f"table{i:02d}": tmp_path / "tables" / f"table{i:02d}.csv" for i in range(1, 13)}
     write_tables(metrics, PAPER_VALUES, outputs, main_protocol="within_fold")
     t1 = pd.read_csv(outputs["table01"])
-    assert list(t1.columns) == ["Graph level", "Metric", "SVM", "RF", "Edge density (%)"]
+    assert list(t1.columns)[:5] == ["Graph level", "Metric", "SVM", "RF", "Edge density (%)"]
+    # each CV mean carries its 95 % interval over folds, around it
+    assert list(t1.columns)[5:] == ["SVM CI low", "SVM CI high", "RF CI low", "RF CI high"]
+    assert (t1["SVM CI low"] <= t1["SVM"] + 0.01).all()
+    assert (t1["SVM"] <= t1["SVM CI high"] + 0.01).all()
+    assert t1[["RF CI low", "RF CI high"]].notna().all().all()  # one value per fold found
     # the learned graphs' sparsity is recorded: complete Gaussian graphs, sparse learned ones
     np.testing.assert_allclose(t1["Edge density (%)"], 100.0)
     t4 = pd.read_csv(outputs["table04"])

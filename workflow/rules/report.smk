@@ -6,6 +6,7 @@ rule score_paper:
         tables=lambda wc: paper_tables(wc.paper),
         paper_values="config/paper_values/{paper}.csv",
         quantities="config/paper_values/quantities.csv",
+        margins="config/paper_values/margins.csv",
     output:
         scorecard=report(
             "results/scorecard/{paper}.csv",

@@ -5,14 +5,34 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["ROW_SEPARATOR", "read_table", "row_keys", "write_table"]
+__all__ = ["ROW_SEPARATOR", "mean_interval", "read_table", "row_keys", "write_table"]
 
 logger = logging.getLogger(__name__)
 
 #: How the index levels of a table row are joined into one row key (used by the scorecard).
 ROW_SEPARATOR = " / "
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of independent runs or CV folds (``nan, nan`` below 2).
+
+    Tables that average runs or folds write it as ``<column> CI low`` / ``<column> CI high``, the
+    columns the scorecard judges a metric by. Folds of one cross-validation share training
+    images, so the interval is somewhat too narrow for them; it is still the spread the mean
+    carries, where a single number carries none.
+    """
+    from scipy import stats
+
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) < 2:
+        return float("nan"), float("nan")
+    mean = float(finite.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, len(finite) - 1) * stats.sem(finite))
+    return mean - half, mean + half
 
 
 def _format_cell(value: object) -> str:

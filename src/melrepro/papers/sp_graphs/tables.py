@@ -11,6 +11,7 @@ import pandas as pd
 
 from melrepro.methods.classical import CLASSIFIERS, METRICS
 from melrepro.papers.sp_graphs.variants import SIGNAL_TITLE, SIGNALS, TABLES, WEIGHTING_TITLE
+from melrepro.report.tables import mean_interval
 
 __all__ = ["EDGE_DENSITY", "write_tables"]
 
@@ -31,6 +32,16 @@ def _results_table(metrics: pd.DataFrame, row_name: str) -> pd.DataFrame:
     if "edge_density" in metrics.columns:  # the graphs' sparsity, one value per feature set
         density = metrics.groupby("feature_set", sort=False)["edge_density"].first()
         out[EDGE_DENSITY] = density.reindex(out.index.get_level_values(0)).to_numpy()
+    # The paper reports CV means: the scorecard judges each by its 95 % interval over folds.
+    grouped = metrics.groupby(["feature_set", "classifier"], sort=False)[list(METRICS)]
+    ends = {}
+    for bound, name in ((0, "CI low"), (1, "CI high")):
+        wide_end = grouped.agg(lambda v, b=bound: mean_interval(v)[b])
+        ends[name] = wide_end.stack(future_stack=True).unstack("classifier")
+        ends[name].index.names = idx.names
+    for classifier in cols:
+        for name, end in ends.items():
+            out[f"{classifier} {name}"] = end[classifier].reindex(idx).to_numpy()
     return out.round(2)
 
 
