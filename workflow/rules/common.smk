@@ -108,6 +108,7 @@ LOCAL_RULE_PATTERNS = [
     "summarize_scorecard",
     "draw_rulegraph_*",
     "write_folder_run_info",
+    "copy_deviations",
 ]
 
 
