@@ -173,7 +173,7 @@ def test_short_rules_run_on_the_submitting_host():
         local = {name for name, f in facts.items() if f["local"]}
         report_like = re.compile(
             r"(tabulate|plot|score|summarize|draw_rulegraph)_\w+|write_folder_run_info|"
-            r"count_classes|write_siim2020_submission"
+            r"count_classes|write_siim2020_submission|copy_deviations"
         )
         assert {"tabulate_gcn_mil", "score_paper", "draw_rulegraph_sp_graphs"} <= local
         for name in local:
