@@ -17,6 +17,7 @@ compute_overlap(
     maps_path=snakemake.output.maps,
     table_path=snakemake.output.table,
     batch_size=snakemake.params.batch_size,
+    task2_archive=snakemake.params.task2_archive,
     # the config's threads, not the grant: results must not depend on --cores
     threads=job_threads(snakemake.config["gradcam_overlap"]["threads"], snakemake.threads),
 )

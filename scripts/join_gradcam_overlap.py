@@ -5,5 +5,9 @@ from melrepro.report.logs import log_to_file
 
 log_to_file(snakemake.log[0])
 join_task2(
-    snakemake.input.task2, snakemake.input.isic2019, snakemake.input.split, snakemake.output.join
+    snakemake.input.task2,
+    snakemake.input.isic2019,
+    snakemake.input.split,
+    snakemake.output.join,
+    isic2017_manifest=snakemake.input.isic2017,
 )

@@ -112,6 +112,32 @@ def test_join_strips_downsampled_and_names_missing_images():
         join_task2(pd.concat([t2, t2.assign(image_id="ISIC_0000003")]), m19, s19)
 
 
+def test_join_labels_images_without_isic2019_copy_from_isic2017(tiny_archives):
+    """Check a task-2 image absent from ISIC 2019 (as the real ISIC_0015982) takes its ISIC 2017
+    label (nevus -> NV), split ``none`` and its task-2 uri, and Grad-CAM reads it from there."""
+    from melrepro.data.manifests import index_dataset
+    from melrepro.papers.gradcam_overlap.evaluate import _task2_images
+
+    t2 = index_dataset(tiny_archives / "isic2018_task2", "isic2018_task2").assign(width=1, height=1)
+    m19 = index_dataset(tiny_archives / "isic2019", "isic2019")
+    split = make_split(m19, "class_floor_80_10_10", seed=0)
+    alone = t2["image_id"].iloc[0]
+    m19 = m19[m19["image_id"].str.removesuffix("_downsampled") != alone]
+    with pytest.raises(ValueError, match=alone):
+        join_task2(t2, m19, split)
+    m17 = pd.DataFrame({"image_id": [alone, "ISIC_1"], "label": ["nevus", "melanoma"]})
+    joined = join_task2(t2, m19, split, isic2017_manifest=m17).set_index("image_id")
+    assert joined.loc[alone, "label"] == "NV"
+    assert joined.loc[alone, "isic2019_split"] == "none"
+    assert pd.isna(joined.loc[alone, "isic2019_id"])
+    assert joined["task2_uri"].notna().sum() == 1
+    images = _task2_images(joined.reset_index(), tiny_archives / "isic2018_task2", 16)
+    assert list(images) == [alone]
+    assert images[alone].shape == (16, 16, 3)
+    with pytest.raises(ValueError, match="task2_archive"):
+        _task2_images(joined.reset_index(), None, 16)
+
+
 def test_twin_join_matches_every_task2_image(tiny_archives):
     """Check every task-2 twin image is an ISIC 2019 twin image with a MEL/NV/BKL label."""
     from melrepro.data.manifests import index_dataset

@@ -33,7 +33,8 @@ PAPER_DATASETS = {
     "sp_graphs": ["isic2017", "isic_archive_melanoma"],
     "siim2020": ["isic2020"],
     "effnet_ham": ["isic2018_task3"],
-    "gradcam_overlap": ["isic2019", "isic2018_task2"],
+    # isic2017: the label of the one task-2 image that ISIC 2019 lacks
+    "gradcam_overlap": ["isic2019", "isic2018_task2", "isic2017"],
 }
 DATASETS = list(LAYOUTS)
 SOURCE = config["data"]["source"]

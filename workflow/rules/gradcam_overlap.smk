@@ -87,6 +87,8 @@ if GRADCAM:
             task2=manifest("isic2018_task2"),
             isic2019=manifest("isic2019"),
             split=GRADCAM_SPLIT,
+            # labels of task-2 images that ISIC 2019 lacks (ISIC_0015982, a 2017 test nevus)
+            isic2017=manifest("isic2017"),
         output:
             join=f"{GRADCAM_DIR}/join.parquet",
         log:
@@ -109,6 +111,8 @@ if GRADCAM:
             metrics=f"{GRADCAM_DIR}/models/{{model}}/metrics.json",
             cache=gradcam_cache,
             cells=lambda wc: f"results/data/isic2018_task2/cellcounts/{gradcam_grid(wc.model)}/shard-{wc.shard}.npz",
+            # images without an ISIC 2019 copy are read from the task-2 archive
+            archives=archive_inputs("isic2018_task2"),
         output:
             maps=f"{GRADCAM_DIR}/overlap/{{model}}/maps-{{shard}}.npz",
             table=f"{GRADCAM_DIR}/overlap/{{model}}/jaccard-{{shard}}.parquet",
@@ -128,6 +132,7 @@ if GRADCAM:
             layer=lambda wc: gradcam_model(wc)["layer"],
             grid=lambda wc: gradcam_model(wc)["grid"],
             batch_size=GRADCAM["gradcam_batch_size"],
+            task2_archive=lambda wc: archive_folder("isic2018_task2"),
         script:
             "../../scripts/compute_gradcam_overlap.py"
 

@@ -415,8 +415,12 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
         _sex(ham["sex"], archive.path(extra.file))  # rows named
         frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
         frame["site"] = frame["image_id"].map(meta["localization"])
-        frame["raw_dx"] = frame["image_id"].map(meta["dx"])
-        frame["raw_dx_type"] = frame["image_id"].map(meta["dx_type"])
+        # Every column without a typed twin is kept verbatim (dx, dx_type and, in the Dataverse
+        # form of the file, `dataset`: which collection an image comes from).
+        typed = {"lesion_id", "age", "sex", "localization"}
+        for column in meta.columns:
+            if column not in typed:
+                frame[f"raw_{column}"] = frame["image_id"].map(meta[column])
     return frame
 
 

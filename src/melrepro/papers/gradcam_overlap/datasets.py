@@ -10,6 +10,7 @@ label and classifier split from :func:`join_task2`; the paper's statistics use
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ __all__ = [
     "join_task2",
     "read_cache_subset",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: ISIC 2017 classes in ISIC 2019's vocabulary (for task-2 images that ISIC 2019 lacks).
+ISIC2017_LABELS = {"melanoma": "MEL", "seborrheic_keratosis": "BKL", "nevus": "NV"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,15 +150,22 @@ def join_task2(
     isic2019_manifest: str | Path | pd.DataFrame,
     isic2019_split: str | Path | pd.DataFrame,
     output: str | Path | None = None,
+    isic2017_manifest: str | Path | pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every task-2 training image with its ISIC 2019 id, label and classifier split.
 
     ISIC 2019 stores part of the images as ``<id>_downsampled``; the suffix is stripped to join.
+    One real task-2 image, ISIC_0015982, is in no ISIC 2019 set: it is an ISIC 2017 test image
+    of class nevus, and the paper's counts (2,386 MEL+NV = 519 + 1,867) hold only when it counts
+    as NV. Images without an ISIC 2019 row take their ISIC 2017 label (melanoma -> MEL,
+    seborrheic keratosis -> BKL, nevus -> NV) from ``isic2017_manifest``; they have no
+    ``isic2019_id`` (Grad-CAM reads them from the task-2 archive, ``task2_uri``) and the
+    classifier split ``none``.
 
     Raises
     ------
     ValueError
-        Task-2 images without an ISIC 2019 row (named).
+        Task-2 images in neither ISIC 2019 nor ``isic2017_manifest`` (named).
     """
 
     def read(x: Any) -> pd.DataFrame:
@@ -167,11 +180,24 @@ def join_task2(
     frame = t2[["image_id", "width", "height", "shard"]].copy()
     frame["image_id"] = frame["image_id"].astype(str)
     frame = frame.merge(m19.rename(columns={"split": "isic2019_split"}), on="image_id", how="left")
-    missing = frame.loc[frame["isic2019_id"].isna(), "image_id"].tolist()
+    without = frame["isic2019_id"].isna()
+    if without.any() and isic2017_manifest is not None:
+        m17 = read(isic2017_manifest)
+        labels17 = m17.set_index(m17["image_id"].astype(str))["label"].map(ISIC2017_LABELS)
+        frame.loc[without, "label"] = frame.loc[without, "image_id"].map(labels17)
+        uris = t2.set_index(t2["image_id"].astype(str))["image_uri"]
+        frame["task2_uri"] = frame["image_id"].map(uris).where(without).astype("string")
+    missing = frame.loc[frame["label"].isna(), "image_id"].tolist()
     if missing:
         raise ValueError(
             f"{len(missing)} ISIC 2018 task-2 images have no ISIC 2019 ground-truth row "
-            f"(also tried <id>_downsampled), e.g. {missing[:5]}"
+            f"(also tried <id>_downsampled) nor an ISIC 2017 one, e.g. {missing[:5]}"
+        )
+    if without.any():
+        logger.warning(
+            "%d task-2 image(s) without an ISIC 2019 copy labelled from ISIC 2017: %s",
+            int(without.sum()),
+            frame.loc[without, ["image_id", "label"]].to_dict("records"),
         )
     frame["isic2019_split"] = frame["isic2019_split"].fillna("none").astype(str)
     if output is not None:

@@ -8,6 +8,7 @@ numbers of tables 0 and 2-6 (written by :mod:`.tables`).
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,10 +57,9 @@ def _gradcam_maps(
 
     from melrepro.methods import saliency
 
+    keys = rows["isic2019_id"].fillna(rows["image_id"])  # no ISIC 2019 copy: the task-2 image
     x = (
-        torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in rows["isic2019_id"]]).to(
-            torch.float32
-        )
+        torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in keys]).to(torch.float32)
         / 255.0
         if len(rows)
         else torch.zeros(0, 3, 1, 1)
@@ -101,6 +101,30 @@ def _overlap_table(
     return table
 
 
+def _task2_images(
+    rows: pd.DataFrame, archive_root: str | Path | None, size: int
+) -> dict[str, np.ndarray]:
+    """The rows' images that have no ISIC 2019 copy, from the task-2 archive at ``size`` px."""
+    if "task2_uri" not in rows or rows["task2_uri"].isna().all():
+        return {}
+    if archive_root is None:
+        raise ValueError(
+            f"{int(rows['task2_uri'].notna().sum())} task-2 image(s) have no ISIC 2019 copy; "
+            "pass task2_archive to read them"
+        )
+    from PIL import Image
+
+    from melrepro.data.archive_io import ArchiveFolder
+    from melrepro.data.imagecache import resize_image
+
+    out = {}
+    with ArchiveFolder(archive_root) as archive:
+        for image_id, uri in rows.loc[rows["task2_uri"].notna(), ["image_id", "task2_uri"]].values:
+            with Image.open(io.BytesIO(archive.read(uri))) as image:
+                out[image_id] = resize_image(image.convert("RGB"), (size, size))
+    return out
+
+
 def compute_overlap(
     join_path: str | Path,
     model_path: str | Path,
@@ -115,8 +139,13 @@ def compute_overlap(
     table_path: str | Path,
     batch_size: int = 16,
     threads: int = 1,
+    task2_archive: str | Path | None = None,
 ) -> pd.DataFrame:
     """Grad-CAM maps and per-image Jaccard curves of one task-2 shard for one model.
+
+    A task-2 image without an ISIC 2019 copy (``task2_uri`` set by
+    :func:`~melrepro.papers.gradcam_overlap.datasets.join_task2`) is read from ``task2_archive``
+    and resized as the cache resizes (:func:`melrepro.data.imagecache.resize_image`).
 
     Every task-2 image of the shard gets a map (the predicted class, pre-softmax logit, layer
     ``layer`` kept at its ``grid`` resolution, min-max normalised) and, for every channel
@@ -139,7 +168,8 @@ def compute_overlap(
     # DEVIATION: the paper computes Grad-CAM on the task-2 images -> on each image's ISIC 2019 copy
     # (the same photograph, some stored downsampled) from the classifier's cache, so the input is
     # exactly what the classifier saw; the maps are then compared to the task-2 masks as in the paper.
-    images = read_cache_subset(cache_paths, set(rows["isic2019_id"]))
+    images = read_cache_subset(cache_paths, set(rows["isic2019_id"].dropna()))
+    images |= _task2_images(rows, task2_archive, options.image_size)
     maps, classes, constant = _gradcam_maps(model, target, rows, images, grid, batch_size)
     if maps.shape[1:] != tuple(grid):
         raise ValueError(
