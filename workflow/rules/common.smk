@@ -42,6 +42,8 @@ ARCHIVES = "resources/archives"
 
 #: Every table and figure path, by paper; each paper's rule file fills its own entry.
 ARTIFACTS = {}
+#: Outputs across the papers that `rule all` builds too (report.smk fills it).
+REPORT_TARGETS = []
 #: The paper figure that shows the workflow's own rule graph (ARTIFACTS.md "diagram" rows).
 RULEGRAPH_FIGURES = {"gcn_mil": "fig01", "sp_graphs": "fig04", "effnet_ham": "fig04"}
 
@@ -241,6 +243,7 @@ def get_final_output():
         if ARTIFACTS.get(paper):
             targets.append(f"results/scorecard/{paper}.csv")
     targets.append("results/scorecard/summary.md")
+    targets += REPORT_TARGETS
     targets += [f"{folder}/run_info.json" for folder in SHARED_OUTPUT_FOLDERS]
     if "effnet_ham" not in active_papers():
         targets.remove("results/effnet_ham/figures/run_info.json")

@@ -177,3 +177,93 @@ rule write_folder_run_info:
         ),
     script:
         "../../scripts/write_folder_run_info.py"
+
+
+# ---- Trainings you can compare (issue 22): one row per training, learning curves per paper ----
+
+
+#: The history file of every training, by paper (sp_graphs trains no network); each training's
+#: metrics.json and run_info.json lie beside it. Only the active papers (TRAINING_PAPERS) are read.
+TRAINING_HISTORIES = {
+    "gcn_mil": [
+        f"{GCN_MIL_OUT}/models/{a}/run-{r}_history.tsv"
+        for a in GCN_MIL_READINGS
+        for r in GCN_MIL_RUNS
+    ],
+    "siim2020": (
+        [f"{siim_model_dir(*t)}/history.csv" for t in siim_trainings()] if SIIM else []
+    ),
+    "effnet_ham": [
+        f"{EFFNET_HAM_DIR}/models/{v}/history.csv" for v in EFFNET_HAM_VARIANTS
+    ],
+    "gradcam_overlap": [
+        f"{GRADCAM_DIR}/models/{m}/history.csv" for m in GRADCAM_MODELS
+    ],
+}
+#: The training core's metrics.json beside each history (gcn_mil writes none, and its
+#: run_info.json is no declared output of train_gcn_mil: the report reads it when present).
+TRAINING_METRICS = {
+    paper: [str(Path(h).with_name("metrics.json")) for h in histories]
+    for paper, histories in TRAINING_HISTORIES.items()
+    if paper != "gcn_mil"
+}
+TRAINING_PAPERS = [p for p in active_papers() if TRAINING_HISTORIES.get(p)]
+REPORT_TARGETS += ["results/trainings/trainings.csv"] + [
+    f"results/trainings/learning_curves_{p}.png" for p in TRAINING_PAPERS
+]
+
+
+rule tabulate_trainings:
+    input:
+        histories=[h for p in TRAINING_PAPERS for h in TRAINING_HISTORIES[p]],
+        metrics=[m for p in TRAINING_PAPERS for m in TRAINING_METRICS.get(p, [])],
+    output:
+        table=report(
+            "results/trainings/trainings.csv",
+            caption="../report/trainings.rst",
+            category="trainings",
+        ),
+        markdown="results/trainings/trainings.md",
+        run_info="results/trainings/run_info.json",
+    log:
+        "logs/tabulate_trainings/trainings.log",
+    benchmark:
+        "benchmarks/results/tabulate_trainings/trainings.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        papers=TRAINING_PAPERS,
+        run_info=run_info_params(),
+    script:
+        "../../scripts/tabulate_trainings.py"
+
+
+rule plot_learning_curves:
+    input:
+        histories=lambda wc: TRAINING_HISTORIES[wc.paper],
+        metrics=lambda wc: TRAINING_METRICS.get(wc.paper, []),
+    output:
+        figure=report(
+            "results/trainings/learning_curves_{paper}.png",
+            caption="../report/learning_curves.rst",
+            category="trainings",
+        ),
+        pdf="results/trainings/learning_curves_{paper}.pdf",
+    log:
+        "logs/plot_learning_curves/{paper}.log",
+    benchmark:
+        "benchmarks/results/plot_learning_curves/{paper}.tsv"
+    wildcard_constraints:
+        paper="|".join(TRAINING_PAPERS) or "no-training-paper",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../../scripts/plot_learning_curves.py"
