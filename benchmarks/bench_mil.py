@@ -1,6 +1,6 @@
 """Memory and speed of the gcn_mil bag pipeline, each against a reference measured here.
 
-Run: ``.venv/bin/python benchmarks/bench_mil.py [--threads 1] [--quick]``
+Run: ``.venv/bin/python benchmarks/bench_mil.py [--threads 1] [--memory | --extraction]``
 
 1. Peak memory of reading every 224-px block of a 6688×4439 image (the largest ISIC 2017 size)
    through :func:`melrepro.methods.mil.block_batches`, against the image itself and against the naive
@@ -15,6 +15,9 @@ Run: ``.venv/bin/python benchmarks/bench_mil.py [--threads 1] [--quick]``
 5. Feature extraction throughput (blocks/s) on the same images in the same process: the numpy /
    scipy data path (the embedded default) against the tensor path (torchvision rotation, flips,
    ``unfold``), on CPU, and on CUDA with autocast and channels_last when a GPU is present.
+   ``--extraction --device cuda --quick --summary FILE`` is what ``benchmarks/gpu_check.sh``
+   runs: one device, the default geometry only, a JSON line per geometry (blocks/s, peak GPU
+   memory, autocast dtype).
 6. The default run's wall time per rule, from Snakemake's benchmark files when present.
 7. ``--memory``: peak memory of extraction, training and evaluation (each in a fresh process) at
    1x, 4x and 16x the default run's bag count, fitted linearly against the bytes of features
@@ -25,6 +28,7 @@ Run: ``.venv/bin/python benchmarks/bench_mil.py [--threads 1] [--quick]``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
@@ -199,8 +203,24 @@ def _extraction_images(n: int, height: int = 767, width: int = 1022) -> list[np.
     ]
 
 
-def bench_extraction(images: int, device: str | None = None) -> None:
-    """Blocks/s of DR rotation + dihedral view + block cutting + ResNet18, both data paths."""
+def _autocast_name(context) -> str:
+    """The dtype of a features._autocast context ('off' when it is none)."""
+    if isinstance(context, contextlib.nullcontext):
+        return "off"
+    return str(context.fast_dtype).removeprefix("torch.")
+
+
+def bench_extraction(
+    images: int,
+    device: str | None = None,
+    *,
+    geometries: int = 2,
+    summary: str | None = None,
+) -> None:
+    """Blocks/s of DR rotation + dihedral view + block cutting + ResNet18, both data paths.
+
+    ``geometries`` = 1 measures the default run's geometry only; ``summary`` appends a JSON line
+    per geometry and device (the tensor path's blocks/s, peak GPU memory, autocast dtype)."""
     from melrepro.papers.gcn_mil.features import _autocast, _bag_views, _feature_device_path
     from melrepro.papers.gcn_mil.options import BagOptions
 
@@ -212,7 +232,7 @@ def bench_extraction(images: int, device: str | None = None) -> None:
     for label, k, stride, shape in (
         ("default 1/7", 32, 7, (110, 146)),
         ("paper 1/1", 224, 50, (767, 1022)),
-    ):
+    )[:geometries]:
         pics = _extraction_images(images, *shape)
         angles, views = [0.0, 18.0], [0, 1]
         for dev_name in devices:
@@ -221,10 +241,12 @@ def bench_extraction(images: int, device: str | None = None) -> None:
             encoder = mil.BlockEncoder().to(dev).eval()
             if dev.type == "cuda":
                 encoder = encoder.to(memory_format=torch.channels_last)
+                torch.cuda.reset_peak_memory_stats(dev)
             rates = {}
             for path in ("cpu", "device"):
                 options = BagOptions(data_path=path, batch_size=256 if dev.type == "cuda" else 64)
                 on_device = _feature_device_path(options, dev)
+                amp = _autocast_name(_autocast(options, dev))
                 n, started = 0, time.perf_counter()
                 for image in pics:
                     for _, _, oriented in _bag_views(image, angles, views, on_device, dev):
@@ -239,15 +261,25 @@ def bench_extraction(images: int, device: str | None = None) -> None:
                             else:
                                 batches = mil.block_batches(oriented, coords, k, options.batch_size)
                                 out = [encoder(torch.from_numpy(b).to(dev)) for b in batches]
-                            torch.cat(out).to(torch.float16).cpu()
+                            features = torch.cat(out).to(torch.float16).cpu()
+                        if not torch.isfinite(features).all():
+                            raise FloatingPointError(f"non-finite features ({dev_name}, {amp})")
                         n += len(coords)
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 rates[path] = n / (time.perf_counter() - started)
+            peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
             print(
                 f"[extraction] {label} k={k} on {dev_name}: numpy path {rates['cpu']:.0f} blocks/s, "
                 f"tensor path {rates['device']:.0f} blocks/s: ratio {rates['device'] / rates['cpu']:.2f}"
+                f" (autocast {amp})"
             )
+            if summary:
+                row = {"recipe": f"gcn_mil extraction {label}", "device": dev.type,
+                       "amp_dtype": amp, "images_per_s": rates["device"], "unit": "blocks/s",
+                       "numpy_path_per_s": rates["cpu"], "peak_memory_mib": peak}  # fmt: skip
+                with open(summary, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
     if not torch.cuda.is_available():
         print("[extraction] no CUDA device here: the GPU figure is printed where one is present")
 
@@ -448,13 +480,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="images per extraction measurement")
     parser.add_argument("--memory", action="store_true", help="only the stage-memory benchmark")
     parser.add_argument("--extraction", action="store_true", help="only the extraction speed")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], help="extraction on this device only (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="extraction: default geometry only")
+    parser.add_argument("--summary", help="extraction: append one JSON line per geometry here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory:
         bench_stage_memory()
         return
     if args.extraction:
-        bench_extraction(args.images)
+        bench_extraction(
+            args.images, args.device, geometries=1 if args.quick else 2, summary=args.summary
+        )
         return
     bench_memory()
     bench_backbone(args.seconds)

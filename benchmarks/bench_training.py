@@ -8,17 +8,23 @@ For each recipe (backbone at the paper's resolution) prints, measured in this pr
   augmentation runs on the device (``train_model(device_transform=...)``), and that
   augmentation's cost per image on the device here (CPU; on a GPU the pixel work moves there);
 * ``step (cpu)``: training-step images/s on the CPU (random init, no AMP);
-* with CUDA present: ``step (cuda)`` with AMP and channels_last, and the loader/step ratio.
+* with CUDA present (or ``--device cuda``): ``step (cuda)`` with AMP and channels_last, the
+  peak GPU memory and the loader/step ratio; ``--device cpu`` runs the same lines on the CPU
+  with bf16 autocast (what ``benchmarks/gpu_check.sh`` checks before a GPU ever runs them);
+* ``--summary FILE``: one JSON line per recipe (images/s, peak memory, AMP dtype, loader/step
+  ratio) appended for ``gpu_check.sh``'s table.
 
 Goal (issue 11): the declared workers feed >= 2,500 images/s at 224 px (an EfficientNet-B0
 with AMP on a current data-centre GPU trains at about 2,000). Usage:
 
     .venv/bin/python benchmarks/bench_training.py [--workers 2] [--n 256] [--recipe effnet_ham]
+        [--device auto|cpu|cuda] [--device-batch 64] [--no-cpu-step] [--summary FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -68,6 +74,69 @@ def _drain(loader) -> None:
         pass
 
 
+def _step_device(choice: str) -> torch.device | None:
+    """The device of the AMP step lines: ``auto`` runs them only where CUDA is present."""
+    if choice == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    return torch.device(choice)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    """What the training core's ``amp`` picks on a GPU (bf16 where supported, else fp16); the
+    CPU's autocast runs bf16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def _mib(value: float | None) -> str:
+    return "n/a (CPU)" if value is None else f"{value:.0f} MiB"
+
+
+def _device_step(model, step, batch, aug, args, size: int, device: torch.device) -> dict:
+    """Training steps of ``args.device_batch`` images with AMP (channels_last on CUDA), and the
+    device augmentation of a uint8 batch there: images/s, peak GPU memory, AMP dtype."""
+    cuda = device.type == "cuda"
+    layout = torch.channels_last if cuda else torch.contiguous_format
+    dmodel = model.to(device, memory_format=layout)
+    optimizer = torch.optim.AdamW(dmodel.parameters(), lr=3e-4)
+    dx = torch.randn(args.device_batch, 3, size, size, device=device)
+    dx = dx.contiguous(memory_format=layout)
+    dy = torch.randint(0, 2, (args.device_batch,), device=device)
+    dtype = _amp_dtype(device)
+    rounds = 10 if cuda else 1  # a GPU step is too short to time alone
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def steps():
+        for _ in range(rounds):
+            step(dmodel, optimizer, dx, dy, dtype)
+        sync()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    rate = _rate(steps, rounds * args.device_batch, args.repeat)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    dbatch = batch.to(device)
+
+    def device_aug():
+        training.augment_on_device(dbatch, aug)
+        sync()
+
+    return {
+        "device": device.type,
+        "amp_dtype": str(dtype).removeprefix("torch."),
+        "device_batch": args.device_batch,
+        "images_per_s": rate,
+        "peak_memory_mib": peak,
+        "device_aug_images_per_s": _rate(device_aug, args.batch, args.repeat),
+    }
+
+
 def bench_recipe(name: str, args: argparse.Namespace) -> None:
     backbone, size, augmentation = RECIPES[name]
     size = args.size or size
@@ -114,42 +183,37 @@ def bench_recipe(name: str, args: argparse.Namespace) -> None:
     x = torch.randn(args.step_batch, 3, size, size)
     y = torch.randint(0, 2, (args.step_batch,))
 
-    def step(model, x, y, amp_dtype=None):
+    def step(model, optimizer, x, y, amp_dtype=None):
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = loss_fn(model(x).squeeze(-1).float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {float(loss)} (AMP {amp_dtype})")
         loss.backward()
         optimizer.step()
 
-    r_step = _rate(lambda: step(model, x, y), args.step_batch, 1)
     print(f"[{name}] {backbone} at {size} px, batch {args.batch}, workers {args.workers}")
     print(f"  loader (CPU aug)   {r_aug:8.1f} img/s   CPU cost {1000 / r_one:6.2f} ms/img")
     print(f"  loader (uint8)     {r_raw:8.1f} img/s   device aug here {1000 / r_dev:6.2f} ms/img")
     print(f"  uint8, 1st epoch   {r_first:8.1f} img/s   (worker start-up; later epochs reuse them)")
-    print(f"  step (cpu)         {r_step:8.1f} img/s")
-    if torch.cuda.is_available():
-        dev = torch.device("cuda")
-        gmodel = model.to(dev, memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(gmodel.parameters(), lr=3e-4)
-        gx = x.to(dev).contiguous(memory_format=torch.channels_last)
-        gy = y.to(dev)
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-        def gstep():
-            for _ in range(10):
-                step(gmodel, gx, gy, dtype)
-            torch.cuda.synchronize()
-
-        r_gpu = _rate(gstep, 10 * args.step_batch, args.repeat)
-        gbatch = batch.to(dev)
-
-        def gaug():
-            training.augment_on_device(gbatch, aug)
-            torch.cuda.synchronize()
-
-        r_gaug = _rate(gaug, args.batch, args.repeat)
-        print(f"  step (cuda, AMP)   {r_gpu:8.1f} img/s   device aug {1000 / r_gaug:6.3f} ms/img")
-        print(f"  uint8 loader / GPU step {r_raw / r_gpu:6.2f}x  (goal >= 1.25)")
+    if not args.no_cpu_step:
+        r_step = _rate(lambda: step(model, optimizer, x, y), args.step_batch, 1)
+        print(f"  step (cpu)         {r_step:8.1f} img/s")
+    device = _step_device(args.device)
+    if device is not None:
+        row = _device_step(model, step, batch, aug, args, size, device)
+        print(
+            f"  step ({device.type}, AMP {row['amp_dtype']}) {row['images_per_s']:8.1f} img/s   "
+            f"device aug {1000 / row['device_aug_images_per_s']:6.3f} ms/img   peak memory "
+            f"{_mib(row['peak_memory_mib'])}"
+        )
+        ratio = r_raw / row["images_per_s"]
+        print(f"  uint8 loader / {device.type} step {ratio:6.2f}x  (goal >= 1.25)")
+        if args.summary:
+            row.update(recipe=name, backbone=backbone, size=size, loader_images_per_s=r_raw)
+            row["loader_step_ratio"] = ratio
+            with open(args.summary, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
     goal = "met" if r_raw >= 2500 else "NOT met"
     print(
         f"  goal 2,500 img/s fed by {args.workers} workers at {size} px: {goal} "
@@ -169,6 +233,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="loader workers (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds, best kept (default 3)")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="device of the AMP step lines (auto: CUDA when present, else none)",
+    )
+    parser.add_argument(
+        "--device-batch", type=int, default=64, help="AMP step batch on the device (default 64)"
+    )
+    parser.add_argument("--no-cpu-step", action="store_true", help="skip the fp32 CPU step line")
+    parser.add_argument("--summary", help="append one JSON line per recipe to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in RECIPES if args.recipe == "all" else [args.recipe]:

@@ -223,9 +223,13 @@ class ExpertResNet(nn.Module):
             xs = x.index_select(0, idx)
             # BatchNorm cannot train on one sample (the author's code failed here): a lone
             # sample is seen twice in its expert's batch statistics, its output taken once.
-            single = self.training and idx.numel() == 1
+            # The trunk's BatchNorm mode decides, not the model's: precise-BN recalibration
+            # trains the BatchNorms of a model in eval mode.
+            single = net.bn1.training and idx.numel() == 1
             out = net(xs.repeat(2, 1, 1, 1))[:1] if single else net(xs)
-            features = features.index_copy(0, idx, out)
+            # Under CUDA autocast the trunk returns bf16/fp16; index_copy (unlike on the CPU,
+            # where autocast promotes it) refuses another dtype than the float32 features.
+            features = features.index_copy(0, idx, out.to(features.dtype))
         mlp_in = meta[:, : self.n_metadata]
         return self.head(torch.cat([features, self.meta(mlp_in)], dim=1))
 
