@@ -17,7 +17,7 @@ from melrepro.data.layouts import DATASETS
 from melrepro.data.synthetic import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["Snakefile", "workflow", "scripts", "config", "envs", "profiles", "src"]
+COPIED = ["Snakefile", "workflow", "scripts", "config", "envs", "profiles", "src", "docs"]
 
 
 def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
