@@ -117,7 +117,7 @@ run bench_mil "$PYTHON" benchmarks/bench_mil.py --extraction --device "$DEVICE" 
 # a dry run plans the GPU rules, then one job of each runs (gpu_check_targets.py says why one).
 WORKDIR="$OUT/workflow"
 mkdir -p "$WORKDIR"
-for item in Snakefile workflow scripts config envs profiles src; do
+for item in Snakefile workflow scripts config envs profiles src docs; do
     cp -r "$item" "$WORKDIR/"
 done
 # --config, --resources and --until take every word after them: targets go first.
