@@ -69,7 +69,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for name in ("Snakefile", "workflow", "scripts", "config", "envs", "profiles", "src", "docs"):
+        for name in (
+            "Snakefile",
+            "workflow",
+            "scripts",
+            "config",
+            "envs",
+            "profiles",
+            "src",
+            "docs",
+        ):
             source = ROOT / name
             (subprocess.run(["cp", "-r", str(source), str(workdir / name)], check=True))
         start = time.perf_counter()
