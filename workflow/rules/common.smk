@@ -7,6 +7,7 @@ import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # The Snakefile itself reads the archive layouts from the package in src/. Rule scripts find the
@@ -25,7 +26,13 @@ validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
 PAPERS = ["gcn_mil", "sp_graphs", "siim2020", "effnet_ham", "gradcam_overlap"]
 for _paper in PAPERS:
     if _paper in config:
-        validate(config[_paper], f"../schemas/{_paper}.schema.yaml")
+        try:
+            validate(config[_paper], f"../schemas/{_paper}.schema.yaml")
+        except WorkflowError as error:
+            # Papers share key paths (`train.epochs`): the message must say whose section it is.
+            raise WorkflowError(
+                f"config section '{_paper}' (workflow/schemas/{_paper}.schema.yaml): {error}"
+            ) from None
 
 #: Which datasets each paper reads (DESIGN.md section 1).
 PAPER_DATASETS = {

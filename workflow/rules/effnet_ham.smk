@@ -6,6 +6,11 @@ import os
 EFFNET_HAM = config.get("effnet_ham", {})
 EFFNET_HAM_VARIANTS = list(EFFNET_HAM.get("variants", {}))
 EFFNET_HAM_FIG = EFFNET_HAM.get("figures_variant", "baseline2")
+if EFFNET_HAM and EFFNET_HAM_FIG not in EFFNET_HAM_VARIANTS:
+    raise WorkflowError(
+        f"config effnet_ham.figures_variant is {EFFNET_HAM_FIG!r}: expected one of the "
+        f"variants under effnet_ham.variants ({', '.join(EFFNET_HAM_VARIANTS)})"
+    )
 EFFNET_HAM_DIR = "results/effnet_ham"
 EFFNET_HAM_SPLIT = split_file("isic2018_task3", "lesion_70_15_15")
 EFFNET_HAM_TRUTH = "resources/archives/isic2018_task3/synthetic_truth"
