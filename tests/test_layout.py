@@ -85,13 +85,6 @@ def test_import_checker_catches_a_wrong_arrow(tmp_path):
     assert melrepro_imports(module) == {"melrepro.papers", "melrepro.data"}
 
 
-def test_scripts_link_points_at_the_package():
-    """Check scripts/melrepro still resolves to src/melrepro (rule scripts import through it)."""
-    link = Path(__file__).parents[1] / "scripts" / "melrepro"
-    assert link.is_symlink()
-    assert link.resolve() == PACKAGE.resolve()
-
-
 # ---------------------------------------------------------------- cycles and sizes
 
 #: A module or function longer than these limits says why in its docstring, after this phrase.

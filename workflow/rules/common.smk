@@ -8,12 +8,60 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.sourcecache import LocalSourceFile
 from snakemake.utils import validate
 
-# The Snakefile itself reads the archive layouts from the package in src/. Rule scripts find the
-# package through the link scripts/melrepro -> ../src/melrepro (Snakemake puts a script's folder on
-# sys.path), so they also run in the per-rule conda environments, which do not install it.
-sys.path.insert(0, str(Path(workflow.main_snakefile).parent / "src"))
+#: Where this file lies. Not workflow.main_snakefile: when a wrapper workflow uses this one as a
+#: module (snakedeploy), that is the wrapper's Snakefile, and the working directory is the
+#: wrapper's folder. A remote module's basedir is a URL (github(...)) or a git object (gitfile(...)).
+RULES_BASEDIR = workflow.current_basedir
+#: The folder of this workflow's Snakefile when it lies on this machine (its clone, a local module).
+WORKFLOW_ROOT = (
+    Path(RULES_BASEDIR.get_path_or_uri(secret_free=True)).parents[1]
+    if isinstance(RULES_BASEDIR, LocalSourceFile)
+    else None
+)
+
+
+def workflow_file(relative):
+    """A file shipped with this workflow (config/paper_values/, docs/) as a path for rule inputs.
+
+    Relative to the working directory when the workflow runs in its own folder (the paths, and
+    so the rerun triggers, stay what they were), absolute when a wrapper workflow in another
+    folder uses it as a local module, and the source cache's copy when the module is remote.
+    """
+    if WORKFLOW_ROOT is None:
+        return workflow.sourcecache.get_path(RULES_BASEDIR.join(f"../../{relative}"))
+    path = WORKFLOW_ROOT / relative
+    return str(
+        path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    )
+
+
+# The package in src/ beside this workflow is what the Snakefile (archive layouts, code digests)
+# and every job import: first on sys.path here, first on PYTHONPATH for the jobs, which inherit
+# the environment (local jobs; SLURM jobs parse this file again). So a rule script finds it in
+# the main environment, where it wins over any installed copy, and in the per-rule conda
+# environments, which do not install it, whether the workflow runs in its clone or as a local
+# module. A remote module has no src/ here: the package must then be installed (README.md).
+if WORKFLOW_ROOT is not None and (WORKFLOW_ROOT / "src" / "melrepro").is_dir():
+    MELREPRO_SRC = WORKFLOW_ROOT / "src"
+    sys.path.insert(0, str(MELREPRO_SRC))
+    _pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if _pythonpath[:1] != [str(MELREPRO_SRC)]:
+        os.environ.update(
+            {"PYTHONPATH": os.pathsep.join([str(MELREPRO_SRC), *_pythonpath])}
+        )
+else:
+    try:
+        import melrepro
+    except ImportError as error:
+        raise WorkflowError(
+            f"{RULES_BASEDIR.get_path_or_uri(secret_free=True)} is a remote module: install its "
+            "melrepro package, of the same version, into the environment that runs Snakemake, "
+            "e.g. pip install 'git+https://github.com/<owner>/<repo>@<tag>' (README.md)."
+        ) from error
+    MELREPRO_SRC = Path(melrepro.__file__).parents[1]
 
 from melrepro.data.layouts import DATASETS as LAYOUTS
 from melrepro.report.script_imports import source_digest
@@ -81,11 +129,31 @@ def add_code_digests():
     rerun nothing; with it the `params` rerun trigger reruns exactly the jobs that import the
     changed module. Called once at the end of the Snakefile, after every rule exists.
     """
-    src = Path(workflow.main_snakefile).parent / "src"
-    for step in workflow.rules:
+    for step in own_rules():
         if step.script is not None:
-            script = step.basedir.join(step.script).get_path_or_uri(secret_free=True)
-            step.set_params(code=source_digest(Path(script), src))
+            script = step.basedir.join(step.script)
+            if not isinstance(script, LocalSourceFile):
+                script = LocalSourceFile(workflow.sourcecache.get_path(script))
+            path = script.get_path_or_uri(secret_free=True)
+            step.set_params(code=source_digest(Path(path), MELREPRO_SRC))
+
+
+def _is_own_file(snakefile):
+    """Whether a rule's Snakefile (Rule.snakefile) is this workflow's Snakefile or a rule file."""
+    if WORKFLOW_ROOT is not None:
+        path = Path(os.path.abspath(snakefile))
+        return (
+            path == WORKFLOW_ROOT / "Snakefile"
+            or path.parent == WORKFLOW_ROOT / "workflow/rules"
+        )
+    uri = RULES_BASEDIR.join("../../Snakefile").get_path_or_uri(secret_free=True)
+    folder = RULES_BASEDIR.get_path_or_uri(secret_free=True)
+    return snakefile == uri or snakefile.rsplit("/", 1)[0] == folder
+
+
+def own_rules():
+    """The rules this workflow defines; in a wrapper workflow, not the wrapper's own rules."""
+    return [step for step in workflow.rules if _is_own_file(step.snakefile)]
 
 
 #: The `gpu` resource of every deep-learning rule: none when the config pins the CPU, so that
@@ -126,11 +194,13 @@ def mark_short_rules_local():
     """Declare the rules that match LOCAL_RULE_PATTERNS local (the `localrules:` directive takes
     only literal names). Called once at the end of the Snakefile, after every rule exists.
     """
+    # A wrapper that imports the rules with a prefix (`as melrepro_*`) renames them: the patterns too.
+    patterns = [workflow.modifier.modify_rulename(p) for p in LOCAL_RULE_PATTERNS]
     workflow.localrules(
         *[
             step.name
-            for step in workflow.rules
-            if any(fnmatch(step.name, pattern) for pattern in LOCAL_RULE_PATTERNS)
+            for step in own_rules()
+            if any(fnmatch(step.name, pattern) for pattern in patterns)
         ]
     )
 

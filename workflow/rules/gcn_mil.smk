@@ -164,7 +164,7 @@ rule tabulate_gcn_mil:
         },
         manifest=manifest("isic2017"),
         split=split_file("isic2017", "official"),
-        paper_values="config/paper_values/gcn_mil.csv",
+        paper_values=workflow_file("config/paper_values/gcn_mil.csv"),
     output:
         **{
             t: report(

@@ -143,7 +143,7 @@ if GRADCAM:
                 model=GRADCAM_MODELS,
             ),
             tables=[t for m in GRADCAM_MODELS for t in gradcam_shards(m, "jaccard")],
-            paper_values="config/paper_values/gradcam_overlap.csv",
+            paper_values=workflow_file("config/paper_values/gradcam_overlap.csv"),
         output:
             tables=[
                 report(

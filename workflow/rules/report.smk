@@ -4,9 +4,10 @@
 rule score_paper:
     input:
         tables=lambda wc: paper_tables(wc.paper),
-        paper_values="config/paper_values/{paper}.csv",
-        quantities="config/paper_values/quantities.csv",
-        margins="config/paper_values/margins.csv",
+        # The workflow's own files: beside the Snakefile, also when it is a module (common.smk).
+        paper_values=lambda wc: workflow_file(f"config/paper_values/{wc.paper}.csv"),
+        quantities=workflow_file("config/paper_values/quantities.csv"),
+        margins=workflow_file("config/paper_values/margins.csv"),
     output:
         scorecard=report(
             "results/scorecard/{paper}.csv",
@@ -85,7 +86,7 @@ rule summarize_scorecard:
 # The departures from the papers (docs/deviations.md, generated from the code's marks) in the report.
 rule copy_deviations:
     input:
-        "docs/deviations.md",
+        workflow_file("docs/deviations.md"),
     output:
         deviations=report(
             "results/deviations.md",

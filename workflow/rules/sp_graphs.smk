@@ -106,7 +106,7 @@ rule tabulate_sp_graphs:
         metrics=expand(
             f"{SP_GRAPHS_OUT}/cv/{{table}}_metrics.parquet", table=SP_GRAPHS_CV
         ),
-        paper_values="config/paper_values/sp_graphs.csv",
+        paper_values=workflow_file("config/paper_values/sp_graphs.csv"),
     output:
         **{
             t: report(
