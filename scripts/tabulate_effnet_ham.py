@@ -8,5 +8,6 @@ tabulate_results(
     list(snakemake.input.metrics),
     snakemake.params.labels,
     snakemake.output.table,
+    validation_rows=snakemake.params.validation_rows,
     run_info=snakemake.params.run_info,
 )

@@ -172,7 +172,7 @@ def test_tiny_end_to_end(task3, tmp_path):
     assert table.loc[("Baseline 2", "Youden (validation)"), "AUROC"] == pytest.approx(t["auroc"])
     row95 = table.loc[("Baseline 2", "95% specificity (test)")]
     assert row95["Recall"] == pytest.approx(t95["recall"])
-    assert row95["n test"] == len(test)
+    assert row95["n images"] == len(test)
     for column in tables.METRIC_COLUMNS:
         assert (table[f"{column} CI low"] <= table[column] + 1e-9).all()
         assert (table[column] <= table[f"{column} CI high"] + 1e-9).all()
@@ -226,6 +226,50 @@ def test_tiny_end_to_end(task3, tmp_path):
     for fig in ("fig01", "fig02", "fig03", "fig05", "fig06"):
         assert (tmp_path / f"{fig}.png").stat().st_size > 1000
         assert (tmp_path / f"{fig}.pdf").exists()
+
+
+def test_baseline1_row_reads_the_last_epochs_validation_metrics(task3, tmp_path):
+    """Check the milestone-1 row (Baseline 1's paper numbers): a last-epoch model's validation
+    metrics at Youden's threshold chosen on validation, with validation counts; only for the
+    variants named; refused when the model is not the last epoch."""
+    from melrepro.methods import metrics
+
+    out = tmp_path / "models" / "baseline1"
+    out.mkdir(parents=True)
+    info = _train_baseline2(
+        task3, tmp_path, out, overrides={"monitor": "last_epoch", "focal_alpha": 0.75}
+    )
+    assert info["best_epoch"] == info["epochs_run"] == 2
+    preds = pd.read_parquet(out / "predictions.parquet")
+    val = preds[preds["split"] == "val"]
+    y, p = val["target"].to_numpy(), val["probability"].to_numpy()
+    threshold = metrics.youden_threshold(y, p)
+    expected = metrics.binary_metrics(y, p, threshold).as_dict()
+    assert info["threshold"] == pytest.approx(threshold)
+    paths = [out / "metrics.json"] * 2
+    table = tables.tabulate_results(
+        paths, ["Baseline 1", "Baseline 2"], tmp_path / "t.csv", validation_rows=["Baseline 1"]
+    )
+    label = tables.VALIDATION_PROTOCOL[0]
+    assert label == "Validation at the last epoch (milestone 1)"
+    row = table.loc[("Baseline 1", label)]
+    assert row["AUROC"] == pytest.approx(expected["auroc"])
+    assert row["Balanced accuracy"] == pytest.approx(expected["balanced_accuracy"])
+    assert row["Macro-F1"] == pytest.approx(expected["macro_f1"])
+    assert row["n images"] == len(val)
+    assert row["n malignant"] == int(y.sum())
+    assert row["AUROC CI low"] <= row["AUROC"] <= row["AUROC CI high"]
+    assert ("Baseline 2", label) not in table.index
+    assert len(table) == 2 * len(tables.PROTOCOLS) + 1
+    best_not_last = json.loads((out / "metrics.json").read_text()) | {"best_epoch": 1}
+    (tmp_path / "best.json").write_text(json.dumps(best_not_last))
+    with pytest.raises(ValueError, match="last epoch"):
+        tables.tabulate_results(
+            [tmp_path / "best.json"],
+            ["Baseline 1"],
+            tmp_path / "u.csv",
+            validation_rows=["Baseline 1"],
+        )
 
 
 def ids_with_mask(root):
@@ -309,7 +353,12 @@ def test_default_run_learns_on_the_synthetic_twin(tmp_path):
         "Mixup 0.2",
         "Shades of grey",
     ]
-    assert set(table["Protocol"]) == {p[0] for p in tables.PROTOCOLS}
+    assert set(table["Protocol"]) == {p[0] for p in tables.PROTOCOLS} | {
+        tables.VALIDATION_PROTOCOL[0]
+    }
+    # Only Baseline 1 (config validation_row) has the milestone-1 validation row.
+    validation = table[table["Protocol"] == tables.VALIDATION_PROTOCOL[0]]
+    assert validation["Model"].tolist() == ["Baseline 1"]
     for target in targets:
         assert (tmp_path / target).exists()
 

@@ -18,12 +18,13 @@ from skimage.draw import disk
 from melrepro.data.synthetic import draw
 from melrepro.data.synthetic.spec import DEFAULT_SPEC
 from melrepro.methods import mil
+from melrepro.papers.gcn_mil import evaluate as gcn_evaluate
 from melrepro.papers.gcn_mil.bags import BagGraphs, collate, feature_moments, load_bags
 from melrepro.papers.gcn_mil.evaluate import evaluate_gcn_mil, recognition_metrics
 from melrepro.papers.gcn_mil.features import extract_gcn_mil_features
 from melrepro.papers.gcn_mil.figures import plot_gcn_mil
 from melrepro.papers.gcn_mil.options import TrainOptions
-from melrepro.papers.gcn_mil.tables import OUR_ROW, tabulate_gcn_mil
+from melrepro.papers.gcn_mil.tables import ALL_CLASSES_SUFFIX, OUR_ROW, tabulate_gcn_mil
 from melrepro.papers.gcn_mil.train import train_gcn_mil
 
 SIZE = (128, 192)
@@ -229,8 +230,8 @@ def test_attention_segmentation_beats_centred_disc(dataset, evaluated):
     cache = read_cache(dataset["caches"])
     disc = pd.Series({i: _centred_disc_jaccard(cache[i].mask > 0) for i in test_ids})
     ours = pd.read_csv(predictions, index_col="image_id")["jaccard"].loc[test_ids]
-    assert ours.mean() == pytest.approx(metrics["jaccard"])
     melanoma = frame.loc[test_ids, "label"] == "melanoma"
+    assert ours[melanoma].mean() == pytest.approx(metrics["jaccard"])  # JA: test melanomas
     assert ours[melanoma].mean() > 0.55
     assert ours[melanoma].mean() > disc[melanoma].mean() + 0.15
 
@@ -242,12 +243,58 @@ def test_evaluate_reports_the_papers_metrics(evaluated):
     curve = pd.read_csv(sweep)
     np.testing.assert_allclose(curve["eta"], np.round(np.arange(21) * 0.05, 10))
     assert metrics["eta"] == curve["eta"][curve["train_jaccard"].idxmax()]
+    assert metrics["eta_all_classes"] == curve["eta"][curve["train_jaccard_all_classes"].idxmax()]
+    table = pd.read_csv(predictions, index_col="image_id")
+    test = table[table["split"] == "test"]
+    assert metrics["n_test_melanomas"] == (test["label"] == "melanoma").sum() > 0
+    assert metrics["jaccard_all_classes"] == pytest.approx(test["jaccard_all_classes"].mean())
     assert metrics["auc"] > 0.8  # colour separates melanoma; a trained model must see it
     with np.load(scores) as npz:
         assert all(npz[k].min() >= 0 and npz[k].max() <= 1 for k in npz.files)
         alphas = [npz[k] for k in npz.files if k.startswith("alpha__")]
     assert len(alphas) == len(pd.read_csv(predictions))
     np.testing.assert_allclose([a.sum() for a in alphas], 1.0, rtol=1e-5)
+
+
+def test_eta_is_chosen_on_training_melanomas_and_ja_averages_test_melanomas():
+    """Check the paper's segmentation protocol (§2.3, §4.2) on made-up Jaccard sweeps: η* is the
+    best mean over the training melanomas, JA the test melanomas' mean there; the all-class
+    alternative chooses η on every training image and averages every test image."""
+    etas = gcn_evaluate.thresholds_from()
+    peak = {"melanoma": 4, "nevus": 14, "seborrheic_keratosis": 14}  # η index of best Jaccard
+
+    def sweep(label, height):
+        curve = np.full(len(etas), 0.1)
+        curve[peak[label]] = height
+        return curve
+
+    rows, per_image = [], {}
+    for split, label, height in (
+        ("train", "melanoma", 0.8),
+        ("train", "nevus", 0.7),
+        ("train", "seborrheic_keratosis", 0.7),
+        ("val", "melanoma", 0.9),  # validation images never choose η
+        ("test", "melanoma", 0.6),
+        ("test", "nevus", 0.5),
+    ):
+        image_id = f"{split}_{label}"
+        rows.append({"image_id": image_id, "split": split, "label": label})
+        per_image[image_id] = sweep(label, height)
+    predictions = pd.DataFrame(rows).set_index("image_id")
+    classes = gcn_evaluate.SEGMENTATION_CLASSES
+    assert classes["melanoma"] == ("melanoma",)
+    train, test, best = gcn_evaluate._choose_eta(predictions, per_image, etas, classes["melanoma"])
+    assert best == 4
+    assert train[best] == pytest.approx(0.8)
+    assert test[best] == pytest.approx(0.6)  # the test melanoma only
+    train, test, best = gcn_evaluate._choose_eta(
+        predictions, per_image, etas, classes["all_classes"]
+    )
+    assert best == 14  # two of the three training images peak there
+    assert train[best] == pytest.approx((0.1 + 0.7 + 0.7) / 3)
+    assert test[best] == pytest.approx((0.1 + 0.5) / 2)
+    with pytest.raises(ValueError, match="no training image"):
+        gcn_evaluate._choose_eta(predictions.drop("train_melanoma"), per_image, etas, ["melanoma"])
 
 
 def test_recognition_metrics_known_answer():
@@ -333,6 +380,16 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
     block = table5.loc[(OUR_ROW, "block")]
     assert block["AUC CI low"] <= mean_auc <= block["AUC CI high"]
     assert np.isnan(table5.loc[(OUR_ROW, "stride"), "AUC CI low"])
+    # JA on melanomas (the paper's) in the reading's row; over all classes in a labelled row.
+    mean_ja = np.mean([m["jaccard"] for m, _ in evaluated])
+    mean_ja_all = np.mean([m["jaccard_all_classes"] for m, _ in evaluated])
+    assert mean_ja != pytest.approx(mean_ja_all)
+    assert table5.loc[(OUR_ROW, "block"), "JA"] == pytest.approx(mean_ja)
+    alternative = table5.loc[(OUR_ROW, f"block{ALL_CLASSES_SUFFIX}")]
+    assert f"block{ALL_CLASSES_SUFFIX}" == "block (JA over all classes)"
+    assert alternative["JA"] == pytest.approx(mean_ja_all)
+    assert pd.isna(alternative["AUC"])
+    assert "not the paper's" in alternative["source"]
     assert table5.loc[("LIN [9]", "cited"), "JA"] == pytest.approx(0.753)
     assert table5.loc[(OUR_ROW, "paper"), "AUC"] == pytest.approx(0.930)
     # Printed values keep the paper's digits: 0.840 (ResNet101 accuracy), 0.930 (its own AUC).

@@ -123,26 +123,72 @@ def test_exactly_half_the_training_melanomas_are_below_the_threshold(manifest, b
     assert counts["melanomas_below_threshold"] == len(b) // 2
 
 
-def test_author_code_protocol_removes_training_images_from_evaluation(manifest, brightness):
-    """Check the author's protocol: 80:20 row cut by patient id, and no evaluation image is a
-    training image of its dataset (removed rows are counted)."""
-    rows, counts = _datasets(
+def _author_datasets(manifest, brightness):
+    return _datasets(
         manifest, brightness, protocol="author_code", author_code={"small_val_patients": 6}
     )
+
+
+def test_author_code_cuts_a_fifth_of_the_raw_rows_at_a_patient_boundary(manifest, brightness):
+    """Check the author's All split: 20 % of the raw rows (before cleaning) from the end of the
+    cleaned rows sorted by patient id, the patient at that row kept whole in training."""
+    rows, counts = _author_datasets(manifest, brightness)
     clean, _, _ = datasets.clean_training(manifest)
-    all_val = rows[(rows["dataset"] == "all") & (rows["role"] == "val")]
-    assert len(all_val) == len(clean) - round(0.8 * len(clean))
-    ordered = clean.sort_values(["patient_id", "image_id"])["image_id"]
-    assert list(all_val["image_id"]) == list(ordered.iloc[round(0.8 * len(clean)) :])
-    for name in names.DATASETS:
-        part = rows[rows["dataset"] == name]
-        train = set(part.loc[part["role"] == "train", "image_id"])
-        ev = set(part.loc[part["role"] == "eval", "image_id"])
-        assert not train & ev
-        removed = len(set(all_val["image_id"]) & train)
-        assert counts["datasets"][name]["leakage_rows_removed"] == removed
+    n_raw = int((manifest["official_split"] == "train").sum())
+    assert counts["original_images"] == n_raw > len(clean)  # the twin has rows to clean
+    ordered = clean.sort_values("patient_id")["patient_id"].to_numpy()
+    last_train_patient = ordered[round(len(clean) - 0.2 * n_raw)]
+    expected_val = set(clean.loc[clean["patient_id"] > last_train_patient, "image_id"])
+    part = rows[rows["dataset"] == "all"]
+    train, val = part[part["role"] == "train"], part[part["role"] == "val"]
+    assert set(val["image_id"]) == expected_val
+    assert len(train) + len(val) == len(clean)
+    assert not set(train["patient_id"]) & set(val["patient_id"])
+    assert train["patient_id"].max() == last_train_patient < val["patient_id"].min()
+    assert len(val) <= 0.2 * n_raw
     small_val = rows[(rows["dataset"] == "small") & (rows["role"] == "val")]
     assert small_val["patient_id"].nunique() == 6
+
+
+def test_author_code_evaluates_the_four_datasets_on_one_set(manifest, brightness, tmp_path):
+    """Check the author's evaluation set is All validation less every dataset's training rows,
+    the same rows for the four datasets; rows removed and the evaluation patients who have
+    training images are counted per dataset and shown in table02."""
+    import json
+
+    from melrepro.papers.siim2020.tables import tabulate_table02
+    from melrepro.report.tables import read_table
+
+    rows, counts = _author_datasets(manifest, brightness)
+    all_val = rows[(rows["dataset"] == "all") & (rows["role"] == "val")]
+    trained = set(rows.loc[rows["role"] == "train", "image_id"])
+    expected = all_val[~all_val["image_id"].isin(trained)]
+    evals = [rows[(rows["dataset"] == n) & (rows["role"] == "eval")] for n in names.DATASETS]
+    for ev in evals:
+        assert list(ev["image_id"]) == list(expected["image_id"])
+    assert counts["evaluation"]["eval_images"] == len(expected)
+    assert counts["evaluation"]["leakage_rows_removed"] == len(all_val) - len(expected) > 0
+    overlap = {}
+    for name in names.DATASETS:
+        train = rows[(rows["dataset"] == name) & (rows["role"] == "train")]
+        c = counts["datasets"][name]
+        assert c["leakage_rows_removed"] == all_val["image_id"].isin(set(train["image_id"])).sum()
+        shared = expected[expected["patient_id"].isin(set(train["patient_id"]))]
+        assert c["overlap_patients"] == shared["patient_id"].nunique()
+        assert c["overlap_images"] == len(shared)
+        overlap[name] = c["overlap_patients"]
+    assert overlap["all"] == 0  # the cut is at a patient boundary
+    assert overlap["small"] > 0  # Small is drawn from every cleaned row, then split by patient
+    paths = []
+    for protocol, c in (("patient", _datasets(manifest, brightness)[1]), ("author_code", counts)):
+        paths.append(tmp_path / f"{protocol}.json")
+        paths[-1].write_text(json.dumps(c), encoding="utf-8")
+    tabulate_table02(paths, tmp_path / "table02.csv")
+    table = read_table(tmp_path / "table02.csv", 1)
+    assert table.loc["Evaluation set [author code]", "Images"] == len(expected)
+    row = "Evaluation patients with Small training images [author code]"
+    assert table.loc[row, "Patients"] == overlap["small"]
+    assert table.loc["Evaluation patients with Small 3aug training images", "Patients"] == 0
 
 
 def test_augmented_copies_are_deterministic():

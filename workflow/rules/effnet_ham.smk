@@ -101,6 +101,11 @@ if EFFNET_HAM:
             runtime=5,
         params:
             labels=[EFFNET_HAM["variants"][v]["label"] for v in EFFNET_HAM_VARIANTS],
+            validation_rows=[
+                EFFNET_HAM["variants"][v]["label"]
+                for v in EFFNET_HAM_VARIANTS
+                if EFFNET_HAM["variants"][v].get("validation_row", False)
+            ],
             run_info=run_info_params(),
         script:
             "../../scripts/tabulate_effnet_ham.py"

@@ -86,6 +86,11 @@ def evaluate_protocols(
         "spec95_test": metrics.bootstrap_intervals(
             y_test, test_prob, specificity=SPEC95, n_boot=n_bootstrap, seed=seed
         ),
+        # Milestone 1 (the paper's Baseline 1) reports validation metrics at Youden's point
+        # chosen on validation itself: the interval of that reading, resampling validation.
+        "youden_val_on_val": metrics.bootstrap_intervals(
+            y_val, val_prob, threshold=threshold, n_boot=n_bootstrap, seed=seed
+        ),
     }
     spread = {"val": float(np.std(val_prob)), "test": float(np.std(test_prob))}
     logger.info("Youden threshold (validation) %.4f; test %s", threshold, test_metrics)

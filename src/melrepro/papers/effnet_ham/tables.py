@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["METRIC_COLUMNS", "PROTOCOLS", "tabulate_results"]
+__all__ = ["METRIC_COLUMNS", "PROTOCOLS", "VALIDATION_PROTOCOL", "tabulate_results"]
 
 #: table01's metric columns (paper §4.1) and the keys of ``metrics.json`` they come from.
 METRIC_COLUMNS = {
@@ -24,6 +24,15 @@ PROTOCOLS = (
     ("Youden (validation)", "test", "youden_val", "threshold"),
     ("95% specificity (test)", "test_spec95", "spec95_test", "threshold_spec95"),
 )
+#: The third row of a variant whose paper numbers are validation metrics (Baseline 1: the
+#: authors' milestone 1 printed the validation metrics of its last epoch, at Youden's point
+#: chosen on validation, and milestone 2 quotes them as "the baseline").
+VALIDATION_PROTOCOL = (
+    "Validation at the last epoch (milestone 1)",
+    "val",
+    "youden_val_on_val",
+    "threshold",
+)
 
 
 def tabulate_results(
@@ -31,14 +40,17 @@ def tabulate_results(
     labels: Sequence[str],
     output: str | Path,
     *,
+    validation_rows: Sequence[str] = (),
     run_info: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """table01: AUROC, balanced accuracy, macro-F1 and recall under both protocols.
 
     Two rows per variant (index ``Model, Protocol``): Youden's threshold from validation and
     the 95 %-specificity threshold from test (see :data:`PROTOCOLS`), each metric with its
-    95 % bootstrap interval (``<metric> CI low/high``), the number of test images (and
-    malignant ones) and the SD of the test probabilities.
+    95 % bootstrap interval (``<metric> CI low/high``), the number of images (and malignant
+    ones) and the SD of the probabilities of the split the row scores. The variants named in
+    ``validation_rows`` add :data:`VALIDATION_PROTOCOL`: the validation metrics of the last
+    epoch, at Youden's threshold chosen on validation.
 
     Parameters
     ----------
@@ -46,6 +58,8 @@ def tabulate_results(
         ``metrics.json`` of each variant, in table order.
     labels : sequence of str
         Row labels (``Baseline 1``...), same order.
+    validation_rows : sequence of str
+        Labels of the variants whose paper numbers are validation metrics (``Baseline 1``).
     output : path
         ``table01.csv`` (a ``.md`` twin is written beside it).
     run_info : mapping, optional
@@ -56,12 +70,23 @@ def tabulate_results(
 
     if len(metrics_paths) != len(labels):
         raise ValueError(f"{len(metrics_paths)} metrics files for {len(labels)} labels")
+    unknown = sorted(set(validation_rows) - set(labels))
+    if unknown:
+        raise ValueError(f"validation rows {unknown} name no variant of {list(labels)}")
     rows = []
     for path, label in zip(metrics_paths, labels, strict=True):
         info = json.loads(Path(path).read_text(encoding="utf-8"))
-        n_test = int(info["n_images"].get("test", 0))
-        n_mal = int(info["n_malignant"].get("test", 0))
-        for protocol, metrics_key, interval_key, threshold_key in PROTOCOLS:
+        protocols = list(PROTOCOLS)
+        if label in validation_rows:
+            if info["best_epoch"] != info["epochs_run"]:
+                raise ValueError(
+                    f"{label}: the milestone-1 validation row reads the last epoch, but the "
+                    f"model is epoch {info['best_epoch']} of {info['epochs_run']} (set its "
+                    "monitor to last_epoch)"
+                )
+            protocols.append(VALIDATION_PROTOCOL)
+        for protocol, metrics_key, interval_key, threshold_key in protocols:
+            split = "val" if metrics_key == "val" else "test"
             row: dict[str, Any] = {"Model": label, "Protocol": protocol}
             for col, key in METRIC_COLUMNS.items():
                 low, high = info["intervals"][interval_key][key]
@@ -69,9 +94,9 @@ def tabulate_results(
                 row[f"{col} CI low"] = low
                 row[f"{col} CI high"] = high
             row["Threshold"] = info[threshold_key]
-            row["n test"] = n_test
-            row["n malignant"] = n_mal
-            row["Probability SD"] = info["probability_sd"]["test"]
+            row["n images"] = int(info["n_images"].get(split, 0))
+            row["n malignant"] = int(info["n_malignant"].get(split, 0))
+            row["Probability SD"] = info["probability_sd"][split]
             row["Epochs"] = info["epochs_run"]
             row["Best epoch"] = info["best_epoch"]
             row["Image size"] = info["image_size"]
@@ -83,7 +108,9 @@ def tabulate_results(
         title=(
             "Table 1. Test metrics with 95 % bootstrap intervals, at Youden's threshold chosen "
             "on validation (the paper's text) and at 95 % specificity chosen on test (the "
-            "authors' code)"
+            "authors' code); for Baseline 1 also the validation metrics of its last epoch at "
+            "Youden's threshold chosen on validation (milestone 1, the paper's Baseline 1 "
+            "numbers). n images, n malignant and Probability SD: the split the row scores"
         ),
     )
     if run_info is not None:

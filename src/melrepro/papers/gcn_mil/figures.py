@@ -162,7 +162,7 @@ def _case_figure(
 
 
 def _fig06(sweep_paths: Sequence[str | Path], eta: float, path) -> None:
-    """Training Jaccard vs η of every run, their mean, and η* marked."""
+    """Training-melanoma Jaccard vs η of every run, their mean, and η* marked."""
     fig, ax = new_figure(figsize=(5, 3.5))
     curves = [pd.read_csv(p) for p in sweep_paths]
     for r, curve in enumerate(curves):
@@ -177,7 +177,7 @@ def _fig06(sweep_paths: Sequence[str | Path], eta: float, path) -> None:
     ax.plot(curves[0]["eta"], mean, color="black", label="mean of runs")
     ax.axvline(eta, color="red", linestyle="--", label=f"chosen η = {eta:.2f} (run 0)")
     ax.set_xlabel("threshold η")
-    ax.set_ylabel("mean Jaccard, training set")
+    ax.set_ylabel("mean Jaccard, training melanomas")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -203,8 +203,8 @@ def plot_gcn_mil(
 
     fig02: the block grid of a training image with one block and its Eq. 1 neighbours;
     fig03: one image and its mask per class; fig04/fig05: predicted (green) and expert (red)
-    contours on test melanomas / non-melanomas (run 0, η*); fig06: training Jaccard vs η of
-    every run with η* marked.
+    contours on test melanomas / non-melanomas (run 0, η*); fig06: training-melanoma Jaccard vs
+    η of every run with η* marked.
     """
     bag_opts = as_options(BagOptions, bags)
     manifest = manifest_with_split(manifest_path, split_path)

@@ -12,9 +12,11 @@ called by ``workflow/rules/siim2020.smk``:
    pixels and channels, 0-255) and mean colour; :func:`augment_copy`, the seeded augmented copies.
 2. :mod:`~melrepro.papers.siim2020.datasets`, :func:`write_datasets` (per protocol): cleaning
    (duplicates, missing metadata), the split (``patient``: the shared ``patient_85_15`` split;
-   ``author_code``: the author's 80:20 cut of rows sorted by patient id, 300 validation patients
-   for Small, image-level leakage removal), the datasets All / Small / Small 3aug / Small 5aug
-   and the evaluation set, and every count of table02.
+   ``author_code``: the author's cut of 20 % of the raw rows from the end of the cleaned rows
+   sorted by patient id, at a patient boundary; 300 validation patients for Small), the datasets
+   All / Small / Small 3aug / Small 5aug, the one evaluation set of the four (All validation less
+   every training row; the evaluation patients with training images counted), and every count
+   of table02.
 3. :mod:`~melrepro.papers.siim2020.evaluate`: the threshold rule of §6, the metrics at a
    threshold, and :func:`write_submission`.
 4. :mod:`~melrepro.papers.siim2020.train`, :func:`train_model_on` (per protocol, model and

@@ -157,14 +157,40 @@ def _patient_parts(
     return train_all, val_all, small_train, small_val
 
 
+def _author_all_cut(ordered: pd.DataFrame, n_raw: int, val_fraction: float) -> int:
+    """The author's ``create_validation_all``: the first validation row of ``ordered`` (cleaned
+    rows sorted by patient id), ``val_fraction`` of the *raw* rows from the end, moved forward
+    to the next patient boundary so the patient at the cut stays in training."""
+    patients = ordered["patient_id"].to_numpy()
+    # val_size = 0.2 * len(raw train.csv) (33,126 -> 6,625.2) is taken before cleaning, while the
+    # cut indexes the cleaned rows: Python's round, as the author's code.
+    at = round(len(ordered) - n_raw * val_fraction)
+    if not 0 <= at < len(ordered) - 1:
+        raise ValueError(
+            f"a validation of {val_fraction} x {n_raw} raw rows leaves no training or no "
+            f"validation row among {len(ordered)} cleaned rows"
+        )
+    while at + 1 < len(ordered) and patients[at] == patients[at + 1]:
+        at += 1
+    if at + 1 >= len(ordered):
+        raise ValueError("the patient at the author's cut runs to the last row: no validation")
+    return at + 1
+
+
 def _author_code_parts(
-    clean: pd.DataFrame, author: Mapping[str, Any], *, benign_per_patient: int, seed: int
+    clean: pd.DataFrame,
+    author: Mapping[str, Any],
+    *,
+    n_raw: int,
+    benign_per_patient: int,
+    seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The author's protocol: All train / val an 80:20 cut of the rows sorted by patient id;
-    Small drawn from every cleaned row, then split by patient (``small_val_patients``)."""
+    """The author's protocol: All validation the last ``val_fraction`` of the raw row count of
+    the cleaned rows sorted by patient id, cut at a patient boundary; Small drawn from every
+    cleaned row, then split by patient (``small_val_patients``)."""
     ordered = clean.sort_values(["patient_id", "image_id"], kind="stable").reset_index(drop=True)
-    n_train = int(round(len(ordered) * (1 - float(author["val_fraction"]))))
-    train_all, val_all = ordered.iloc[:n_train], ordered.iloc[n_train:]
+    cut = _author_all_cut(ordered, n_raw, float(author["val_fraction"]))
+    train_all, val_all = ordered.iloc[:cut], ordered.iloc[cut:]
     small = small_dataset(clean, benign_per_patient=benign_per_patient, seed=seed)
     train_p, val_p = _author_small_split(
         small, int(author["small_val_patients"]), int(author["random_state"])
@@ -174,36 +200,50 @@ def _author_code_parts(
     return train_all, val_all, small_train, small_val
 
 
-def _evaluation_sets(
+def _part_counts(frame: pd.DataFrame, prefix: str) -> dict[str, int]:
+    return {
+        f"{prefix}_images": len(frame),
+        f"{prefix}_melanomas": int(frame["target"].sum()),
+        f"{prefix}_patients": int(frame["patient_id"].nunique()),
+    }
+
+
+def _evaluation_set(
     protocol: str, parts: list[pd.DataFrame], val_all: pd.DataFrame
-) -> tuple[list[pd.DataFrame], dict[str, dict[str, int]]]:
-    """The evaluation rows of each dataset (All validation less its leakage) and its counts;
-    ``parts`` holds the train and val rows of each dataset, in :data:`DATASETS` order."""
-    eval_parts: list[pd.DataFrame] = []
+) -> tuple[list[pd.DataFrame], dict[str, Any], dict[str, dict[str, int]]]:
+    """The one evaluation set of the four datasets (§5.2: "the same validation dataset was used
+    for model comparison"): All validation less the rows any dataset trains on; its counts, and
+    per dataset its sizes and the evaluation patients who also have training images in it.
+
+    ``parts`` holds the train and val rows of each dataset, in :data:`DATASETS` order.
+    """
+    trains = {name: parts[2 * k] for k, name in enumerate(DATASETS)}
+    vals = {name: parts[2 * k + 1] for k, name in enumerate(DATASETS)}
+    leaks = {}
+    for name, train_rows in trains.items():
+        if protocol == "patient":
+            # Rows of a patient with training rows (0 by construction of the patient split).
+            leaks[name] = val_all["patient_id"].isin(set(train_rows["patient_id"]))
+        else:  # the author: "rows used in training ... removed" (images, not patients)
+            leaks[name] = val_all["image_id"].isin(set(train_rows["image_id"]))
+    leak = np.logical_or.reduce([m.to_numpy() for m in leaks.values()])
+    eval_rows = val_all[~leak]
+    evaluation = _part_counts(eval_rows, "eval") | {"leakage_rows_removed": int(leak.sum())}
     datasets: dict[str, dict[str, int]] = {}
     for name in DATASETS:
-        train_rows = parts[2 * DATASETS.index(name)]
-        val_rows = parts[2 * DATASETS.index(name) + 1]
-        if protocol == "patient":
-            # Leakage: evaluation rows of a patient with training rows (0 by construction).
-            leak = val_all["patient_id"].isin(set(train_rows["patient_id"]))
-        else:  # the author's code: remove evaluation rows that are training images
-            leak = val_all["image_id"].isin(set(train_rows["image_id"]))
-        eval_rows = val_all[~leak]
-        eval_parts.append(_rows(name, "eval", eval_rows))
-        datasets[name] = {
-            "train_images": len(train_rows),
-            "train_melanomas": int(train_rows["target"].sum()),
-            "train_patients": int(train_rows["patient_id"].nunique()),
-            "val_images": len(val_rows),
-            "val_melanomas": int(val_rows["target"].sum()),
-            "val_patients": int(val_rows["patient_id"].nunique()),
-            "eval_images": len(eval_rows),
-            "eval_melanomas": int(eval_rows["target"].sum()),
-            "eval_patients": int(eval_rows["patient_id"].nunique()),
-            "leakage_rows_removed": int(leak.sum()),
-        }
-    return eval_parts, datasets
+        train_rows = trains[name]
+        # Evaluation patients whose other images this dataset trains on: the author's image-level
+        # removal keeps them (the same lesion can be photographed more than once).
+        shared = eval_rows[eval_rows["patient_id"].isin(set(train_rows["patient_id"]))]
+        datasets[name] = (
+            _part_counts(train_rows, "train")
+            | _part_counts(vals[name], "val")
+            | _part_counts(eval_rows, "eval")
+            | _part_counts(shared, "overlap")
+            | {"leakage_rows_removed": int(leaks[name].sum())}
+        )
+    eval_parts = [_rows(name, "eval", eval_rows) for name in DATASETS]
+    return eval_parts, evaluation, datasets
 
 
 def _brightness_counts(brightness: pd.DataFrame, train_all: pd.DataFrame) -> dict[str, Any]:
@@ -246,14 +286,18 @@ def build_datasets(
     copies : mapping
         Augmented copies per Small image: ``{"small3aug": 3, "small5aug": 5}``.
     author_code : mapping
-        ``val_fraction`` (0.2), ``small_val_patients`` (300), ``random_state`` (42).
+        ``val_fraction`` (0.2 of the raw training rows), ``small_val_patients`` (300),
+        ``random_state`` (42).
 
     Returns
     -------
     rows : DataFrame
-        ``dataset, role (train/val/eval), image_id, copy, patient_id, target``.
+        ``dataset, role (train/val/eval), image_id, copy, patient_id, target``; the ``eval``
+        rows are the same for every dataset.
     counts : dict
-        Cleaning counts, per-dataset sizes, leakage rows removed, brightness threshold.
+        Cleaning counts, the evaluation set (``evaluation``), per-dataset sizes with leakage rows
+        removed and evaluation patients that have training images (``overlap_*``), brightness
+        threshold.
 
     Raises
     ------
@@ -276,7 +320,11 @@ def build_datasets(
         )
     else:
         train_all, val_all, small_train, small_val = _author_code_parts(
-            clean, author, benign_per_patient=benign_per_patient, seed=seed
+            clean,
+            author,
+            n_raw=counts["original_images"],
+            benign_per_patient=benign_per_patient,
+            seed=seed,
         )
     parts: list[pd.DataFrame] = []
     parts.append(_rows("all", "train", train_all))
@@ -285,7 +333,7 @@ def build_datasets(
         parts.append(_rows(name, "train", small_train, copies.get(name, 0)))
         parts.append(_rows(name, "val", small_val))
     counts["protocol"] = protocol
-    eval_parts, counts["datasets"] = _evaluation_sets(protocol, parts, val_all)
+    eval_parts, counts["evaluation"], counts["datasets"] = _evaluation_set(protocol, parts, val_all)
     parts.extend(eval_parts)
     counts |= _brightness_counts(brightness, train_all)
     rows = pd.concat(parts, ignore_index=True)
