@@ -567,3 +567,138 @@ def test_vgg16_bn_checkpoint_reloads_from_its_metrics(tmp_path):
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), model(x))
+
+
+# ---- the dihedral x8 expansion as a view --------------------------------------------------
+
+
+def _dihedral8_copies(images: list[np.ndarray], labels: np.ndarray):
+    """The copying construction the view replaced (kept here as the reference): every image in
+    its 8 flips and quarter turns, stored."""
+    out = []
+    for im in images:
+        for flip in (False, True):
+            base = im[:, ::-1] if flip else im
+            out += [np.ascontiguousarray(np.rot90(base, k)) for k in range(4)]
+    return out, np.repeat(labels, 8)
+
+
+def _dihedral_sets(n: int = 12, size: int = 16):
+    """The views and the reference copies of ``n`` random non-square-symmetric images."""
+    from melrepro.papers.gradcam_overlap.dihedral import DihedralViews
+
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+    labels = np.arange(n) % 2
+    copies, copy_labels = _dihedral8_copies(images, labels)
+    return DihedralViews(images, labels), training.ArrayDataset(copies, copy_labels)
+
+
+def test_dihedral_views_match_the_copies_item_by_item():
+    """Check item i of the view is item i of the copying construction (same pixels, label, order),
+    that the 8 views of an image are distinct, and that nothing is copied (8 N items, N images)."""
+    views, copies = _dihedral_sets()
+    assert len(views) == len(copies) == 96
+    assert len(views.images.images) == 12
+    for i in range(len(views)):
+        x, y, meta = views[i]
+        x_ref, y_ref, meta_ref = copies[i]
+        assert torch.equal(x, x_ref), i
+        assert y == y_ref
+        assert meta.shape == meta_ref.shape
+    first = [views.images[j] for j in range(8)]
+    assert len({t.numpy().tobytes() for t in first}) == 8
+    assert torch.equal(views.images[-1], copies.images[-1])
+    with pytest.raises(IndexError):
+        views.images[96]
+    assert training.loop._data_fingerprint(views) == training.loop._data_fingerprint(copies)
+
+
+def test_dihedral_views_train_the_same_weights_as_the_copies(tmp_path):
+    """Check a tiny training on the view ends with the same weights as on the stored copies."""
+    views, copies = _dihedral_sets()
+    val_views, val_copies = _dihedral_sets(n=4)
+    options = training.TrainOptions(
+        backbone="resnet18",
+        n_classes=2,
+        loss="ce",
+        sampler_positive_fraction=None,
+        epochs=2,
+        freeze_epochs=0,
+        batch_size=16,
+        eval_batch_size=32,
+        lr=1e-3,
+        device="cpu",
+        threads=1,
+        seed=5,
+        image_size=16,
+        monitor="val_accuracy",
+    )
+    states = []
+    for name, train, val in (("views", views, val_views), ("copies", copies, val_copies)):
+        result = training.train_model(train, val, options, checkpoint_dir=tmp_path / name)
+        states.append(result.model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_train_classifier_reads_the_test_images_only_after_training(tmp_path, monkeypatch):
+    """Check train_classifier trains on the x8 views with only train and val images read, then
+    reads the test images and predicts every val and test image."""
+    from melrepro.papers.gradcam_overlap import train as train_module
+
+    rng = np.random.default_rng(3)
+    ids = [f"ISIC_{i:07d}" for i in range(48)]
+    labels = [CLASSES[i % len(CLASSES)] for i in range(48)]
+    splits = ["train"] * 32 + ["val"] * 8 + ["test"] * 8
+    pd.DataFrame({"image_id": ids, "label": labels}).to_parquet(tmp_path / "manifest.parquet")
+    pd.DataFrame({"image_id": ids, "split": splits}).to_parquet(tmp_path / "split.parquet")
+    arrays = {f"image__{i}": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in ids}
+    np.savez(tmp_path / "shard.npz", **arrays)
+    test_ids = set(ids[40:])
+
+    events: list[tuple[str, set[str]]] = []
+    read, train = train_module.read_cache_subset, training.train_model
+
+    def recording_read(paths, wanted):
+        events.append(("read", set(wanted)))
+        return read(paths, wanted)
+
+    def recording_train(train_set, val_set, options, **kw):
+        events.append(("train", set()))
+        assert len(train_set) == 8 * 32
+        assert len(val_set) == 8 * 8
+        return train(train_set, val_set, options, **kw)
+
+    monkeypatch.setattr(train_module, "read_cache_subset", recording_read)
+    monkeypatch.setattr(training, "train_model", recording_train)
+    out = tmp_path / "out"
+    train_module.train_classifier(
+        tmp_path / "manifest.parquet",
+        tmp_path / "split.parquet",
+        [tmp_path / "shard.npz"],
+        model_key="resnet18",
+        settings={
+            "backbone": "resnet18",
+            "image_size": 16,
+            "epochs": 1,
+            "freeze_epochs": 0,
+            "batch_size": 32,
+            "sampler_positive_fraction": None,
+            "monitor": "val_accuracy",
+        },
+        checkpoint_dir=out / "ckpt",
+        model_path=out / "model.pt",
+        history_path=out / "history.csv",
+        predictions_path=out / "predictions.parquet",
+        metrics_path=out / "metrics.json",
+        run_info={"data_source": "test", "seed": 1, "pretrained": False, "device": "cpu"},
+        threads=1,
+    )
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["read", "train", "read"], kinds
+    assert not events[0][1] & test_ids
+    assert events[2][1] == test_ids
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert sorted(preds["image_id"]) == sorted(ids[32:])

@@ -107,37 +107,34 @@ class _Dihedral:
         return x.to(torch.float32) / 255.0
 
 
-def _dihedral8(images: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """TIML's ``hflip_rot4`` preset: every image in its 8 flips and quarter turns."""
-    out = []
-    for im in images:
-        for flip in (False, True):
-            base = im[:, ::-1] if flip else im
-            out += [np.ascontiguousarray(np.rot90(base, k)) for k in range(4)]
-    return out, np.repeat(labels, 8)
-
-
 def build_datasets(
-    frame: pd.DataFrame, images: dict[str, np.ndarray], augment: str
+    frame: pd.DataFrame,
+    images: dict[str, np.ndarray],
+    augment: str,
+    splits: Sequence[str] = SPLITS,
 ) -> dict[str, Any]:
-    """Split -> ``ArrayDataset`` of ``frame``'s images, augmented as ``augment`` says.
+    """Split -> ``ArrayDataset`` of ``frame``'s images, augmented as ``augment`` says, for each
+    of ``splits`` (``images`` needs only theirs).
 
-    ``dihedral8`` expands train and val eightfold, ``random_dihedral`` draws one flip / quarter
-    turn per training item, ``none`` leaves the images as they are.
+    ``dihedral8`` expands train and val eightfold (item ``i`` is image ``i // 8`` in orientation
+    ``i % 8``, a view computed on access: :class:`.dihedral.DihedralViews`), ``random_dihedral``
+    draws one flip / quarter turn per training item, ``none`` leaves the images as they are.
     """
     from melrepro.methods import training
 
     out = {}
-    for split in SPLITS:
+    for split in splits:
         rows = frame[frame["split"] == split]
         stack = [images[i] for i in rows["image_id"]]
         y = rows["y"].to_numpy()
-        transform = None
         if augment == "dihedral8" and split in ("train", "val"):
-            stack, y = _dihedral8(stack, y)
+            from melrepro.papers.gradcam_overlap.dihedral import DihedralViews
+
+            out[split] = DihedralViews(stack, y)
         elif augment == "random_dihedral" and split == "train":
-            transform = _Dihedral()
-        out[split] = training.ArrayDataset(stack, y, transform)
+            out[split] = training.ArrayDataset(stack, y, _Dihedral())
+        else:
+            out[split] = training.ArrayDataset(stack, y)
     return out
 
 

@@ -176,9 +176,12 @@ def train_classifier(
     train_y = frame.loc[frame["split"] == "train", "y"].to_numpy()
     weights = class_weights(train_y, len(CLASSES)) if weighting == "max_over_f" else None
     options = _train_options(settings, weights, run_info, threads)
-    images = read_cache_subset(cache_paths, set(frame["image_id"]))
+    # Training reads only the train and val images; the test images are read after it (the
+    # training set is freed first), so they never share memory with it.
+    fit = frame["split"].isin(("train", "val"))
+    images = read_cache_subset(cache_paths, set(frame.loc[fit, "image_id"]))
     check_image_size(images, int(options.image_size))
-    data = build_datasets(frame, images, augment)
+    data = build_datasets(frame, images, augment, splits=("train", "val"))
     logger.info(
         "%s: %s; augment=%s, class weights %s; images per split %s",
         model_key,
@@ -194,6 +197,11 @@ def train_classifier(
         checkpoint_dir=checkpoint_dir,
         history_path=history_path,
     )
+    del data
+    images = {i: images[i] for i in frame.loc[frame["split"] == "val", "image_id"]}
+    test_images = read_cache_subset(cache_paths, set(frame.loc[~fit, "image_id"]))
+    check_image_size(test_images, int(options.image_size))
+    images.update(test_images)
     info = _write_results(
         _predict_val_test(result, frame, images, options),
         result,
