@@ -474,6 +474,7 @@ def test_write_run_outputs_publishes_predictions_model_and_metrics(tmp_path):
         "best_epoch",
         "epochs_run",
         "train_seconds",
+        "torch_threads",
         "weights",
         "options",
     ]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow import ROOT, _copy_workflow, _jobs, snakemake
+from test_workflow import _copy_workflow, _jobs, snakemake
 
 from melrepro.methods.training import TrainOptions, TrainResult, run_summary
 from melrepro.report.trainings import (
@@ -216,8 +215,6 @@ def test_dry_run_plans_the_trainings_report(tmp_path):
     """The default target plans the table and one learning-curve figure per training paper, and the
     table waits for every training."""
     workdir = _copy_workflow(tmp_path)
-    # rule all also asks for docs/deviations.md in the report, which _copy_workflow leaves out
-    shutil.copytree(ROOT / "docs", workdir / "docs")
     jobs = _jobs(snakemake("-n", "--quiet", "rules", cwd=workdir).stdout)
     assert jobs["tabulate_trainings"] == 1
     # every active paper trains except sp_graphs (classical classifiers)

@@ -187,6 +187,7 @@ LOCAL_RULE_PATTERNS = [
     "draw_rulegraph_*",
     "write_folder_run_info",
     "copy_deviations",
+    "plot_learning_curves",
 ]
 
 

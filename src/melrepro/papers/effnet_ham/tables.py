@@ -35,6 +35,37 @@ VALIDATION_PROTOCOL = (
 )
 
 
+def _variant_rows(info: Mapping[str, Any], label: str, *, with_validation: bool) -> list[dict]:
+    """table01's rows of one variant: one per protocol (and the milestone-1 validation row)."""
+    protocols = list(PROTOCOLS)
+    if with_validation:
+        if info["best_epoch"] != info["epochs_run"]:
+            raise ValueError(
+                f"{label}: the milestone-1 validation row reads the last epoch, but the "
+                f"model is epoch {info['best_epoch']} of {info['epochs_run']} (set its "
+                "monitor to last_epoch)"
+            )
+        protocols.append(VALIDATION_PROTOCOL)
+    rows = []
+    for protocol, metrics_key, interval_key, threshold_key in protocols:
+        split = "val" if metrics_key == "val" else "test"
+        row: dict[str, Any] = {"Model": label, "Protocol": protocol}
+        for col, key in METRIC_COLUMNS.items():
+            low, high = info["intervals"][interval_key][key]
+            row[col] = info[metrics_key][key]
+            row[f"{col} CI low"] = low
+            row[f"{col} CI high"] = high
+        row["Threshold"] = info[threshold_key]
+        row["n images"] = int(info["n_images"].get(split, 0))
+        row["n malignant"] = int(info["n_malignant"].get(split, 0))
+        row["Probability SD"] = info["probability_sd"][split]
+        row["Epochs"] = info["epochs_run"]
+        row["Best epoch"] = info["best_epoch"]
+        row["Image size"] = info["image_size"]
+        rows.append(row)
+    return rows
+
+
 def tabulate_results(
     metrics_paths: Sequence[str | Path],
     labels: Sequence[str],
@@ -76,31 +107,7 @@ def tabulate_results(
     rows = []
     for path, label in zip(metrics_paths, labels, strict=True):
         info = json.loads(Path(path).read_text(encoding="utf-8"))
-        protocols = list(PROTOCOLS)
-        if label in validation_rows:
-            if info["best_epoch"] != info["epochs_run"]:
-                raise ValueError(
-                    f"{label}: the milestone-1 validation row reads the last epoch, but the "
-                    f"model is epoch {info['best_epoch']} of {info['epochs_run']} (set its "
-                    "monitor to last_epoch)"
-                )
-            protocols.append(VALIDATION_PROTOCOL)
-        for protocol, metrics_key, interval_key, threshold_key in protocols:
-            split = "val" if metrics_key == "val" else "test"
-            row: dict[str, Any] = {"Model": label, "Protocol": protocol}
-            for col, key in METRIC_COLUMNS.items():
-                low, high = info["intervals"][interval_key][key]
-                row[col] = info[metrics_key][key]
-                row[f"{col} CI low"] = low
-                row[f"{col} CI high"] = high
-            row["Threshold"] = info[threshold_key]
-            row["n images"] = int(info["n_images"].get(split, 0))
-            row["n malignant"] = int(info["n_malignant"].get(split, 0))
-            row["Probability SD"] = info["probability_sd"][split]
-            row["Epochs"] = info["epochs_run"]
-            row["Best epoch"] = info["best_epoch"]
-            row["Image size"] = info["image_size"]
-            rows.append(row)
+        rows += _variant_rows(info, label, with_validation=label in validation_rows)
     table = pd.DataFrame(rows).set_index(["Model", "Protocol"])
     write_table(
         table,
