@@ -136,7 +136,8 @@ for _paper, _figure in RULEGRAPH_FIGURES.items():
                 for p in ARTIFACTS.get(_paper, [])
                 if Path(p).name != f"{_figure}.png"
             ],
-            snakefile=workflow.main_snakefile,
+            # this workflow's own Snakefile (in a wrapper, main_snakefile is the wrapper's)
+            snakefile=workflow_file("Snakefile"),
             configfiles=workflow.configfiles,
         script:
             "../../scripts/draw_rulegraph.py"
