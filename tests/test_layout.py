@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_workflow import EXPECTED_ARTIFACTS
+from test_full_run import EXPECTED_ARTIFACTS
 
 PACKAGE = Path(__file__).parents[1] / "src" / "melrepro"
 SUBPACKAGES = ("data", "methods", "papers", "report")
