@@ -253,6 +253,20 @@ def archive_files(dataset):
     return [f"{ARCHIVES}/{dataset}/{name}" for name in LAYOUTS[dataset].files()]
 
 
+def pinned_melanoma_ids(wildcards=None):
+    """The pinned isic_id list of the archive melanomas (data.archive_melanomas.ids) for a real
+    run's download and ingest of isic_archive_melanoma; nothing otherwise. A path that exists
+    from the working directory is the user's own list, else it is one shipped in config/.
+    """
+    dataset = getattr(wildcards, "dataset", "isic_archive_melanoma")
+    if SOURCE != "isic" or dataset != "isic_archive_melanoma":
+        return []
+    path = config["data"]["archive_melanomas"]["ids"]
+    return [
+        path if Path(path).is_absolute() or Path(path).exists() else workflow_file(path)
+    ]
+
+
 def archive_inputs(dataset):
     """What ingest depends on: the archive files, plus the generator's truth (synthetic twin,
     written in the same job) or the checksum verification stamp (official archives).
