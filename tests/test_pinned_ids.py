@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melrepro.data import download
 from melrepro.data.archive_io import IngestError
 from melrepro.data.download import download_archive_melanomas, read_checksums
 from melrepro.data.manifests import check_images, ingest_dataset
@@ -225,15 +224,12 @@ def test_refresh_writes_the_search_with_provenance(fake_isic, tmp_path):
     """Check the refresh command runs the config's search with isic-cli and writes its first
     `limit` ids in order, with date, query, limit and the isic-cli version; the file reads back."""
     out = tmp_path / "ids.txt"
-    download.main(
-        [
-            "refresh-archive-melanoma-ids",
-            "--out",
-            str(out),
-            "--config",
-            str(ROOT / "config/isic.yaml"),
-        ]
+    command = ["-m", "melrepro.data.refresh_archive_melanoma_ids", "--out", str(out)]
+    config = ["--config", str(ROOT / "config/isic.yaml")]
+    result = subprocess.run(
+        [sys.executable, *command, *config], capture_output=True, text=True, check=True
     )
+    assert f"wrote 300 pinned ids to {out}" in result.stdout
     (call,) = _calls(fake_isic)
     assert call[:6] == ["metadata", "download", "--search", QUERY, "--limit", "300"]
     assert read_pinned_ids(out) == ARCHIVE[:300]

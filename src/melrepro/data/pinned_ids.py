@@ -9,8 +9,7 @@ a line. The download fetches exactly those ids (:func:`id_queries`, batched ``is
 searches) and ingest refuses a set that differs (:func:`check_pinned_ids`, naming the missing and
 extra ids). The search stays the way to refresh the list::
 
-    python -m melrepro.data.download refresh-archive-melanoma-ids \\
-        --out config/isic_archive_melanoma_ids.txt
+    python -m melrepro.data.refresh_archive_melanoma_ids --out config/isic_archive_melanoma_ids.txt
 
 An empty list stops a real run (:func:`require_pinned_ids`) unless
 ``data.archive_melanomas.accept_unpinned`` is set: then the archive's current first ``limit``
@@ -44,9 +43,7 @@ __all__ = [
 
 #: Where config/isic.yaml (and the schema's default) points ``data.archive_melanomas.ids``.
 DEFAULT_IDS_FILE = "config/isic_archive_melanoma_ids.txt"
-REFRESH_COMMAND = (
-    f"python -m melrepro.data.download refresh-archive-melanoma-ids --out {DEFAULT_IDS_FILE}"
-)
+REFRESH_COMMAND = f"python -m melrepro.data.refresh_archive_melanoma_ids --out {DEFAULT_IDS_FILE}"
 #: ids per ``isic_id:A OR isic_id:B ...`` search: isic-cli sends the query in a GET request's URL
 #: (about 25 characters an id), so a long list goes in several searches.
 BATCH_SIZE = 50
