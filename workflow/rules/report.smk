@@ -137,7 +137,7 @@ for _paper, _figure in RULEGRAPH_FIGURES.items():
                 if Path(p).name != f"{_figure}.png"
             ],
             # this workflow's own Snakefile (in a wrapper, main_snakefile is the wrapper's)
-            snakefile=workflow_file("Snakefile"),
+            snakefile=workflow_snakefile(),
             configfiles=workflow.configfiles,
         script:
             "../../scripts/draw_rulegraph.py"
