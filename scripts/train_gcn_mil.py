@@ -21,4 +21,5 @@ train_gcn_mil(
     device=snakemake.params.device,
     threads=snakemake.threads,
     run_info=snakemake.params.run_info,
+    metrics_path=snakemake.output.metrics,
 )

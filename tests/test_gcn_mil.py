@@ -212,6 +212,34 @@ def test_dihedral_views_are_cached_and_drawn_once_per_epoch(dataset, caplog):
     assert f"{n_groups} training bags (DR) in {2 * n_groups} views" in caplog.text
 
 
+def test_training_writes_metrics_the_trainings_report_reads(dataset, features):
+    """Check a run writes run-<R>_metrics.json with the training core's keys (issue 22.2), and the
+    trainings report's gcn_mil row then has its torch threads, training-set size and images/s."""
+    from melrepro.report.trainings import training_table
+
+    folder = dataset["root"] / "report" / "results" / "gcn_mil" / "models" / "block"
+    history = folder / "run-1_history.tsv"
+    train = {**TRAIN, "epochs": 2}
+    train_gcn_mil(
+        features, folder / "run-1.pt", history, folder.parent / "ck", run=1, seed=3,
+        model=MODEL, train=train, device="cpu", threads=1,
+    )  # fmt: skip
+    metrics = json.loads((folder / "run-1_metrics.json").read_text())
+    rows = pd.read_csv(history, sep="\t")
+    train_bags = load_bags(features, splits=["train"])
+    groups = {(b["image_id"], b["angle"]) for b in train_bags}
+    assert metrics["n_train"] == len(groups)
+    assert metrics["n_images"]["train"] == len({b["image_id"] for b in train_bags})
+    assert (metrics["epochs_run"], metrics["best_epoch"], metrics["torch_threads"]) == (2, 2, 1)
+    assert metrics["train_seconds"] == pytest.approx(rows["seconds"].sum())
+    assert metrics["device"] == "cpu"
+    assert (metrics["options"]["seed"], metrics["options"]["epochs"]) == (4, 2)
+    assert metrics["options"]["graph"]["adjacency"] == "block"
+    row = training_table([history]).iloc[0]
+    assert (row["torch threads"], row["training images"], row["epochs run"]) == (1, len(groups), 2)
+    assert row["images/s"] == pytest.approx(len(groups) * 2 / rows["seconds"].sum())
+
+
 def test_attention_segmentation_beats_centred_disc(dataset, evaluated):
     """On test melanomas the Eq. 3 segmentation must beat a centred disc clearly.
 

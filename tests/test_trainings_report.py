@@ -159,7 +159,8 @@ def test_table_has_one_row_per_training_with_known_values(trainings):
     assert gcn["seed"] == 2024 + 1
     assert gcn["wall time (s)"] == pytest.approx(6.0)
     assert gcn["validation value"] == 0.65
-    # gcn_mil records neither its threads nor its training-set size: empty, not invented
+    # a gcn_mil run without run-<R>_metrics.json (trained before it was written) records neither
+    # its threads nor its training-set size: empty, not invented
     assert pd.isna(gcn["torch threads"])
     assert pd.isna(gcn["training images"])
     assert math.isnan(gcn["images/s"])

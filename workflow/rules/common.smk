@@ -23,15 +23,33 @@ WORKFLOW_ROOT = (
 )
 
 
+#: Where a remote module's shipped files are kept for rule inputs (see workflow_file).
+MODULE_FILES = Path(".snakemake") / "melrepro_module_files"
+
+
 def workflow_file(relative):
     """A file shipped with this workflow (config/paper_values/, docs/) as a path for rule inputs.
 
     Relative to the working directory when the workflow runs in its own folder (the paths, and
     so the rerun triggers, stay what they were), absolute when a wrapper workflow in another
-    folder uses it as a local module, and the source cache's copy when the module is remote.
+    folder uses it as a local module. A remote module's file is fetched through Snakemake's
+    source cache, whose copy lies in a new temporary folder, with a new mtime, on every run: as
+    an input it would rerun its jobs every time. It is copied to MODULE_FILES instead, and only
+    when its content changed, so the path is stable and the mtime moves with the content.
     """
     if WORKFLOW_ROOT is None:
-        return workflow.sourcecache.get_path(RULES_BASEDIR.join(f"../../{relative}"))
+        fetched = Path(
+            workflow.sourcecache.get_path(RULES_BASEDIR.join(f"../../{relative}"))
+        )
+        kept = MODULE_FILES / relative
+        content = fetched.read_bytes()
+        if not kept.is_file() or kept.read_bytes() != content:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+            partial.write_bytes(content)
+            # Atomic: a parallel parse (a SLURM job) reads the old or the new file, never a part.
+            os.replace(partial, kept)
+        return str(kept)
     path = WORKFLOW_ROOT / relative
     return str(
         path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
@@ -251,6 +269,29 @@ def archive_files(dataset):
     if dataset == "isic_archive_melanoma":
         return [MELANOMA_FOLDER]
     return [f"{ARCHIVES}/{dataset}/{name}" for name in LAYOUTS[dataset].files()]
+
+
+def workflow_snakefile():
+    """This workflow's Snakefile for a sub-run of Snakemake (draw_rulegraph): its path, or for
+    a remote module its address (Snakemake fetches a URL given as --snakefile, with the rule
+    files it includes; a token in it is left out)."""
+    if WORKFLOW_ROOT is None:
+        return RULES_BASEDIR.join("../../Snakefile").get_path_or_uri(secret_free=True)
+    return workflow_file("Snakefile")
+
+
+def pinned_melanoma_ids(wildcards=None):
+    """The pinned isic_id list of the archive melanomas (data.archive_melanomas.ids) for a real
+    run's download and ingest of isic_archive_melanoma; nothing otherwise. A path that exists
+    from the working directory is the user's own list, else it is one shipped in config/.
+    """
+    dataset = getattr(wildcards, "dataset", "isic_archive_melanoma")
+    if SOURCE != "isic" or dataset != "isic_archive_melanoma":
+        return []
+    path = config["data"]["archive_melanomas"]["ids"]
+    return [
+        path if Path(path).is_absolute() or Path(path).exists() else workflow_file(path)
+    ]
 
 
 def archive_inputs(dataset):

@@ -71,6 +71,7 @@ rule ingest_dataset:
     input:
         archives=lambda wc: archive_inputs(wc.dataset),
         checks=lambda wc: check_shards(wc.dataset),
+        pinned_ids=pinned_melanoma_ids,
     output:
         manifest="results/data/{dataset}/manifest.parquet",
         quarantine="results/data/{dataset}/quarantine.csv",
@@ -91,6 +92,10 @@ rule ingest_dataset:
         on_undecodable=config["data"]["on_undecodable"],
         run_info=run_info_params(),
         config=sorted_params(config["data"]),
+        pinned={
+            "limit": config["data"]["archive_melanomas"]["limit"],
+            "accept_unpinned": config["data"]["archive_melanomas"]["accept_unpinned"],
+        },
     script:
         "../../scripts/ingest_dataset.py"
 

@@ -83,6 +83,9 @@ localrules:
 
 
 rule download_archive_melanomas:
+    input:
+        # The ids to fetch (config/README.md, "Pinned archive melanomas").
+        pinned_ids=pinned_melanoma_ids()[0],
     output:
         images=directory(MELANOMA_FOLDER),
     log:
@@ -99,6 +102,7 @@ rule download_archive_melanomas:
     params:
         query=lambda wildcards: config["data"]["archive_melanomas"]["query"],
         limit=config["data"]["archive_melanomas"]["limit"],
+        accept_unpinned=config["data"]["archive_melanomas"]["accept_unpinned"],
         archive_dir=config["data"].get("archive_dir"),
         checksums=config["data"]["checksums"],
         chunk_mb=config["data"]["download"]["chunk_mb"],

@@ -95,6 +95,8 @@ rule train_gcn_mil:
     output:
         model=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}.pt",
         history=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}_history.tsv",
+        # What the trainings report reads (threads, training-set size, wall time).
+        metrics=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}_metrics.json",
     log:
         "logs/train_gcn_mil/{adjacency}/{run}.log",
     benchmark:

@@ -137,7 +137,7 @@ for _paper, _figure in RULEGRAPH_FIGURES.items():
                 if Path(p).name != f"{_figure}.png"
             ],
             # this workflow's own Snakefile (in a wrapper, main_snakefile is the wrapper's)
-            snakefile=workflow_file("Snakefile"),
+            snakefile=workflow_snakefile(),
             configfiles=workflow.configfiles,
         script:
             "../../scripts/draw_rulegraph.py"
@@ -202,12 +202,18 @@ TRAINING_HISTORIES = {
         f"{GRADCAM_DIR}/models/{m}/history.csv" for m in GRADCAM_MODELS
     ],
 }
-#: The training core's metrics.json beside each history (gcn_mil writes none, and its
-#: run_info.json is no declared output of train_gcn_mil: the report reads it when present).
+#: The metrics.json beside each history (gcn_mil: run-<R>_metrics.json; its run_info.json is no
+#: declared output of train_gcn_mil: the report reads it when present).
 TRAINING_METRICS = {
-    paper: [str(Path(h).with_name("metrics.json")) for h in histories]
+    paper: [
+        (
+            h.replace("_history.tsv", "_metrics.json")
+            if paper == "gcn_mil"
+            else str(Path(h).with_name("metrics.json"))
+        )
+        for h in histories
+    ]
     for paper, histories in TRAINING_HISTORIES.items()
-    if paper != "gcn_mil"
 }
 TRAINING_PAPERS = [p for p in active_papers() if TRAINING_HISTORIES.get(p)]
 REPORT_TARGETS += ["results/trainings/trainings.csv"] + [

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from melrepro import __version__
 from melrepro.data.archive_io import file_fingerprint
 from melrepro.data.layouts import ARCHIVE_HOSTS, CsvSpec, layout
+from melrepro.data.pinned_ids import check_pinned_ids, id_queries
 
 __all__ = [
     "CHECKSUM_COLUMNS",
@@ -948,6 +949,70 @@ def _run_isic(query: str, limit: int, cache: Path, isic: str | Path | None) -> s
     return " ".join(command)
 
 
+def _pinned_cache_complete(folder: Path, ids: Sequence[str]) -> bool:
+    """Whether ``folder`` holds an isic-cli download of exactly ``ids`` (metadata and jpgs)."""
+    try:
+        files = _melanoma_files(folder, limit=len(ids))
+    except DownloadError:
+        return False
+    return {p.stem for p in files[1:]} == set(ids)
+
+
+def _merge_batches(batches: Sequence[Path], ids: Sequence[str], merged: Path) -> None:
+    """One isic-cli folder from the batch downloads: metadata rows in pinned order (the union of
+    the batches' columns, which depend on the fields their images carry), jpgs hard-linked,
+    attributions joined and licence texts gathered."""
+    rows: dict[str, dict[str, str]] = {}
+    columns: list[str] = []
+    attributions: list[str] = []
+    merged.mkdir(parents=True, exist_ok=True)
+    for batch in batches:
+        with (batch / "metadata.csv").open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns += [c for c in reader.fieldnames or [] if c not in columns]
+            rows.update({row["isic_id"]: row for row in reader})
+        attribution = batch / "attribution.txt"
+        if attribution.is_file():
+            attributions += [
+                a for a in attribution.read_text().split("\n\n") if a not in attributions
+            ]
+        for path in sorted(batch.glob("licenses/*")):
+            (merged / "licenses").mkdir(exist_ok=True)
+            _hardlink_or_copy(path, merged / "licenses" / path.name)
+        for path in batch.glob("ISIC_*.jpg"):
+            _hardlink_or_copy(path, merged / path.name)
+    with (merged / "metadata.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows[i] for i in ids if i in rows)
+    (merged / "attribution.txt").write_text("\n\n".join(attributions), encoding="utf-8")
+
+
+def _fetch_pinned(
+    ids: Sequence[str], cache_root: Path, isic: str | Path | None
+) -> tuple[Path, str]:
+    """Download exactly ``ids`` (batched ``isic_id:`` searches), reusing complete batches."""
+    key = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+    root = cache_root / _MELANOMA_DATASET / f"pinned-{key}"
+    merged = root / "merged"
+    if _pinned_cache_complete(merged, ids):
+        logger.info("reusing the complete download cache %s (isic-cli not run)", merged)
+        return merged, f"cache {merged}"
+    batches, commands = [], []
+    for number, (batch, query) in enumerate(id_queries(ids)):
+        folder = root / f"batch-{number:03d}"
+        if not _pinned_cache_complete(folder, batch):
+            folder.mkdir(parents=True, exist_ok=True)
+            commands.append(_run_isic(query, len(batch), folder, isic))
+            # The search matches ids, so it can only return fewer or others on an archive error.
+            found = [p.stem for p in _melanoma_files(folder, limit=0)[1:]]
+            check_pinned_ids(found, batch, where=f"isic-cli's download of batch {number}")
+        batches.append(folder)
+    shutil.rmtree(merged, ignore_errors=True)
+    _merge_batches(batches, ids, merged)
+    return merged, f"{len(batches)} pinned isic_id searches ({len(commands)} run now)"
+
+
 def _hardlink_or_copy(source: Path, target: Path) -> None:
     """Place ``source`` at ``target``: a hard link (no second copy on disk), else a copy."""
     target.unlink(missing_ok=True)
@@ -1014,8 +1079,14 @@ def download_archive_melanomas(
     chunk_mb: float = 8,
     cache_dir: str | Path | None = None,
     rejected_dir: str | Path | None = None,
+    pinned_ids: Sequence[str] | None = None,
 ) -> list[ArchiveStatus]:
     """Fetch the extra archive melanomas with isic-cli into ``outdir`` and check them.
+
+    With ``pinned_ids`` (the list of :mod:`melrepro.data.pinned_ids`) exactly those images are
+    fetched, by ``isic_id:A OR isic_id:B ...`` searches of at most 50 ids each, and a download or
+    linked folder holding any other set is refused (naming the missing and extra ids); ``query``
+    and ``limit`` then only describe how the list was made. Without it, as below:
 
     Runs ``isic image download --search QUERY --limit LIMIT CACHE`` into a download cache
     *outside* the rule's output (``cache_dir``, default ``resources/download_cache``; one folder
@@ -1059,6 +1130,8 @@ def download_archive_melanomas(
     if linked:
         logger.info("linking the archive melanomas from %s", source)
         fetched = Path(source)
+    elif pinned_ids is not None:
+        fetched, source = _fetch_pinned(pinned_ids, cache_root, isic)
     else:
         fetched = _melanoma_cache(cache_root, query, limit)
         if _cache_complete(fetched, limit):
@@ -1067,7 +1140,10 @@ def download_archive_melanomas(
         else:
             fetched.mkdir(parents=True, exist_ok=True)
             source = _run_isic(query, limit, fetched, isic)
-    files = _melanoma_files(fetched, limit=limit)
+    # A pinned set is compared id by id below (naming what is missing), not just counted.
+    files = _melanoma_files(fetched, limit=limit if pinned_ids is None else 0)
+    if pinned_ids is not None:
+        check_pinned_ids([p.stem for p in files[1:]], pinned_ids, where=str(fetched))
     statuses: list[ArchiveStatus] = []
     mismatches: list[ChecksumMismatchError | DownloadError] = []
     for path in files:

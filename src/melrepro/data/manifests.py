@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from melrepro.data.archive_io import (
     read_checked_csv,
 )
 from melrepro.data.layouts import ATTRIBUTES, DatasetLayout, ImageSet, layout
+from melrepro.data.pinned_ids import PinnedIdsError, check_pinned_ids
 
 __all__ = [
     "CHECK_COLUMNS",
@@ -740,14 +742,23 @@ def ingest_dataset(
     n_shards: int,
     on_undecodable: str = "fail",
     failed_listing: str | Path | None = None,
+    pinned_ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Index, join the checks, write ``manifest.parquet`` and ``quarantine.csv`` (both or neither).
+
+    With ``pinned_ids`` (the archive melanomas' pinned list) the images must be exactly those: an
+    :class:`IngestError` names the pinned ids that are missing and the images that are not pinned.
 
     When undecodable images fail the run, their list is written to ``failed_listing`` (default
     ``quarantine_path``), which the rule puts outside its outputs (``logs/``): Snakemake deletes
     the outputs of a failed job, and the message points at the file that survives.
     """
     index = index_dataset(archive_root, dataset, n_shards=n_shards)
+    if pinned_ids is not None:
+        try:
+            check_pinned_ids(index["image_id"], pinned_ids, where=f"{archive_root} ({dataset})")
+        except PinnedIdsError as error:
+            raise IngestError(str(error)) from None
     checks = pd.concat([pd.read_parquet(p) for p in check_paths], ignore_index=True)
     manifest_path, quarantine_path = Path(manifest_path), Path(quarantine_path)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)

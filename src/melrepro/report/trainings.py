@@ -10,9 +10,10 @@ Reads only the files a training leaves beside its model; the history file is the
   and ``run_info.json`` beside it;
 * ``gcn_mil`` (its own loop): ``results/gcn_mil/models/<adjacency>/run-<R>_history.tsv``
   (0-based ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``seconds``), with the
-  folder's ``run_info.json`` (device, seed, train settings) when present. It writes no
-  ``metrics.json``: its torch threads and training-set size are not recorded, so those cells
-  stay empty.
+  folder's ``run_info.json`` (device, seed, train settings) when present, and
+  ``run-<R>_metrics.json`` (the core's keys: ``epochs_run``, ``train_seconds``, ``device``,
+  ``torch_threads``; ``n_train`` = bags one epoch trains on, one view per image and DR angle).
+  A run trained before it wrote that file has empty threads and training-set cells.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def _gcn_mil_training(folders: list[str], history_path: Path) -> Training:
     # gcn_mil counts epochs from 0, the training core from 1: shifted so both read alike.
     history["epoch"] = history["epoch"] + 1
     run_info = _read_json(history_path.with_name("run_info.json"))
+    metrics = _read_json(history_path.with_name(f"run-{run}_metrics.json"))
     base_seed = run_info.get("seed")
     return Training(
         paper="gcn_mil",
@@ -161,7 +163,9 @@ def _gcn_mil_training(folders: list[str], history_path: Path) -> Training:
         model="GCN-MIL head",
         variant=f"{folders[0]} radius, run {run}",
         history=history,
+        metrics=metrics,
         run_info=run_info,
+        training_images=metrics.get("n_train"),
         # No selection: the model after the last epoch is the one evaluated.
         best_epoch=int(history["epoch"].iloc[-1]) if len(history) else None,
         validation_metric="val accuracy",

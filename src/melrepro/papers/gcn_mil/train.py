@@ -287,8 +287,16 @@ def _write_outputs(
     seed: int,
     dev: torch.device,
     run_info: Mapping[str, Any] | None,
+    metrics_path: str | Path,
+    counts: Mapping[str, Any],
 ) -> Path:
-    """The final model, the history TSV and the run info of the model folder."""
+    """The final model, the history TSV, the run's metrics JSON and the model folder's run info.
+
+    The metrics JSON has the keys of the training core's ``metrics.json``
+    (:func:`melrepro.methods.training.checkpoint.run_summary`) that the trainings report reads,
+    plus ``counts`` (``n_train``: the bags one epoch trains on, one view per image and DR angle;
+    ``n_images``: distinct training and validation images).
+    """
     model_path = Path(model_path)
     atomic_torch_save(
         {
@@ -303,6 +311,24 @@ def _write_outputs(
     history_path = Path(history_path)
     history_path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history).to_csv(history_path, sep="\t", index=False)
+    metrics = {
+        # No selection: the model after the last epoch is kept (1-based, as the training core).
+        "best_epoch": len(history),
+        "epochs_run": len(history),
+        "train_seconds": float(sum(row["seconds"] for row in history)),
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "weights": "GCN-MIL head trained on cached frozen-backbone features",
+        **counts,
+        "options": {
+            "seed": seed + run,
+            "epochs": train_opts.epochs,
+            "model": asdict(model_opts),
+            "train": asdict(train_opts),
+            "graph": dict(graph),
+        },
+    }
+    Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_run_info(
         model_path.parent,
         run_info,
@@ -333,6 +359,7 @@ def train_gcn_mil(
     device: str = "auto",
     threads: int = 1,
     run_info: Mapping[str, Any] | None = None,
+    metrics_path: str | Path | None = None,
 ) -> Path:
     """Train one GCN-MIL run on the cached DR bags, resuming from a checkpoint when present.
 
@@ -363,6 +390,9 @@ def train_gcn_mil(
     device : {"auto", "cpu", "cuda"}
     threads : int
     run_info : mapping, optional
+    metrics_path : path, optional
+        JSON of the run (epochs, wall time, device, torch threads, training-set size, options);
+        default ``run-<R>_metrics.json`` beside ``history_path``.
 
     Raises
     ------
@@ -406,7 +436,16 @@ def train_gcn_mil(
         checkpoint_path=checkpoint_path, stamp=stamp,
     )  # fmt: skip
     graph = {"adjacency": adjacency, "radius_factor": float(radius_factor)}
+    counts = {
+        "n_train": len(members),
+        "n_images": {
+            "train": len({bag["image_id"] for bag in train_set}),
+            "val": len({bag["image_id"] for bag in val_set}),
+        },
+    }
+    if metrics_path is None:
+        metrics_path = Path(history_path).with_name(f"run-{run}_metrics.json")
     return _write_outputs(
         net, model_opts, train_opts, graph, history, model_path, history_path,
-        run=run, seed=seed, dev=dev, run_info=run_info,
+        run=run, seed=seed, dev=dev, run_info=run_info, metrics_path=metrics_path, counts=counts,
     )  # fmt: skip
