@@ -13,5 +13,6 @@ tabulate_gcn_mil(
     bags=snakemake.params.bags,
     model=snakemake.params.model,
     freeze_backbone=snakemake.params.freeze_backbone,
+    control_metrics_paths=list(snakemake.input.control),
     run_info=snakemake.params.run_info,
 )

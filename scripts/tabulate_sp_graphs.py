@@ -8,8 +8,10 @@ from melrepro.report.runinfo import write_run_info
 
 log_to_file(snakemake.log[0])
 outputs = dict(snakemake.output.items())
+# the label-shuffled control's CV, when configured, gives table07 its marked rows
+controls = {"label_shuffled": snakemake.input.control[0]} if snakemake.input.control else {}
 write_tables(
-    dict(zip(snakemake.params.tables, snakemake.input.metrics, strict=True)),
+    dict(zip(snakemake.params.tables, snakemake.input.metrics, strict=True)) | controls,
     snakemake.input.paper_values,
     outputs,
     main_protocol=snakemake.params.protocol,

@@ -24,7 +24,14 @@ from melrepro.papers.gcn_mil.evaluate import evaluate_gcn_mil, recognition_metri
 from melrepro.papers.gcn_mil.features import extract_gcn_mil_features
 from melrepro.papers.gcn_mil.figures import plot_gcn_mil
 from melrepro.papers.gcn_mil.options import TrainOptions
-from melrepro.papers.gcn_mil.tables import ALL_CLASSES_SUFFIX, OUR_ROW, tabulate_gcn_mil
+from melrepro.papers.gcn_mil.tables import (
+    ALL_CLASSES_SUFFIX,
+    BASELINE_READING,
+    BASELINE_ROW,
+    CONTROL_ROW,
+    OUR_ROW,
+    tabulate_gcn_mil,
+)
 from melrepro.papers.gcn_mil.train import train_gcn_mil
 
 SIZE = (128, 192)
@@ -393,6 +400,7 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
         tables,
         bags=BAGS,
         model=MODEL,
+        control_metrics_paths=[evaluated[1][1][2]],
     )
     table1 = read_table(tables["table01"], 1)
     assert table1.loc["DR", "Melanoma"] == 8 * 4
@@ -420,6 +428,24 @@ def test_tabulate_and_plot_write_every_artifact(dataset, zero_features, evaluate
     assert "not the paper's" in alternative["source"]
     assert table5.loc[("LIN [9]", "cited"), "JA"] == pytest.approx(0.753)
     assert table5.loc[(OUR_ROW, "paper"), "AUC"] == pytest.approx(0.930)
+    # Beside every reproduced JA: the "everything" mask and the oracle of the same images.
+    for label, suffix in (
+        ((OUR_ROW, "block"), ""),
+        ((OUR_ROW, "block (JA over all classes)"), "_all_classes"),
+    ):
+        for key, column in (
+            ("jaccard_everything", "JA everything mask"),
+            ("jaccard_oracle", "JA oracle ceiling"),
+        ):
+            assert table5.loc[label, column] == pytest.approx(evaluated[0][0][f"{key}{suffix}"])
+    assert block["JA everything mask"] < block["JA oracle ceiling"]
+    # The control (run 1's metrics stand in for it here) and the computed trivial baseline.
+    control = table5.loc[(CONTROL_ROW, "block")]
+    assert control["AUC"] == pytest.approx(evaluated[1][0]["auc"])
+    assert control["source"].startswith("control")
+    baseline = table5.loc[(BASELINE_ROW, BASELINE_READING)]
+    assert baseline["AUC"] == 0.5
+    assert baseline["JA"] == pytest.approx(block["JA everything mask"])
     # Printed values keep the paper's digits: 0.840 (ResNet101 accuracy), 0.930 (its own AUC).
     raw = pd.read_csv(tables["table05"], dtype=str).set_index(["Models", "reading"])
     assert raw.loc[("ResNet101 [20]", "cited"), "Accuracy"] == "0.840"
@@ -577,3 +603,79 @@ def test_collated_batch_equals_bag_by_bag_predictions(features):
             single, single_alpha = net(*collate([bag], graphs, dev)[:3])
             torch.testing.assert_close(logits[i], single[0], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(alpha[batch == i], single_alpha, rtol=1e-4, atol=1e-6)
+
+
+def test_everything_and_oracle_jaccard_known_answers():
+    """The trivial baseline is lesion area / image area; the oracle finds a lesion that is
+    exactly one block (1.0) and is the best threshold of the lesion-fraction map."""
+    truth = np.zeros((40, 60), bool)
+    truth[8:24, 16:32] = True  # exactly the block at (8, 16) of a 16 px grid at stride 8
+    assert mil.everything_jaccard(truth) == pytest.approx(256 / 2400)
+    coords = mil.block_grid(40, 60, block_size=16, stride=8)
+    assert mil.oracle_block_jaccard(truth, coords, 16) == pytest.approx(1.0)
+    fractions = mil.block_fractions(truth, coords, 16)
+    assert fractions.max() == 1.0
+    assert fractions.min() == 0.0
+    # The block at (0, 8) overlaps the lesion's 8 x 8 top-left corner: a quarter of it.
+    assert fractions[(coords == [0, 8]).all(1)][0] == pytest.approx(0.25)
+    # A lesion off the grid (between blocks): the oracle is below 1, above "everything".
+    off = np.zeros((40, 60), bool)
+    off[4:20, 12:28] = True
+    oracle = mil.oracle_block_jaccard(off, coords, 16)
+    assert mil.everything_jaccard(off) < oracle < 1.0
+    # best_threshold_jaccard is the exact best over every threshold of a given map.
+    scores = np.random.default_rng(0).uniform(size=(40, 60))
+    scores[off] += 0.5
+    brute = max(mil.jaccard_index(scores >= t, off) for t in np.unique(scores))
+    assert mil.best_threshold_jaccard(scores, off) == pytest.approx(brute)
+    assert mil.best_threshold_jaccard(scores, np.zeros_like(off)) == 1.0  # empty mask wins
+
+
+def test_permute_training_labels_keeps_counts_and_images_whole(features):
+    """The control's labels: one permutation over training images (seeded), every DR copy of an
+    image relabelled alike, class counts unchanged, and most images get another label."""
+    from melrepro.papers.gcn_mil.bags import permute_training_labels
+
+    bags = load_bags(features, splits=["train"])
+    truth = {b["image_id"]: b["label"] for b in bags}
+    permuted = permute_training_labels(bags, seed=3)
+    assert sorted(permuted.values()) == sorted(truth.values())
+    assert all(b["label"] == permuted[b["image_id"]] for b in bags)
+    assert np.mean([permuted[i] != truth[i] for i in truth]) > 0.4
+    again = permute_training_labels(load_bags(features, splits=["train"]), seed=3)
+    assert again == permuted
+    other = permute_training_labels(load_bags(features, splits=["train"]), seed=4)
+    assert other != permuted
+
+
+def test_label_shuffled_control_trains_on_permuted_labels_only(dataset, features):
+    """shuffle_labels: same seed and settings, another model; it records that it is the control
+    and a true-label checkpoint is not resumed by it."""
+    root = dataset["root"] / "control"
+    args = {"run": 0, "seed": 3, "model": MODEL, "device": "cpu", "threads": 1}
+    short = {**TRAIN, "epochs": 1}
+    true = train_gcn_mil(features, root / "t.pt", root / "t.tsv", root / "ck", train=short, **args)
+    shuffled = train_gcn_mil(
+        features, root / "s.pt", root / "s.tsv", root / "ck", train=short, shuffle_labels=True,
+        **args,
+    )  # fmt: skip
+    a = torch.load(true, weights_only=False)
+    b = torch.load(shuffled, weights_only=False)
+    assert (a["shuffle_labels"], b["shuffle_labels"]) == (False, True)
+    assert not torch.equal(a["model"]["classifier.weight"], b["model"]["classifier.weight"])
+
+
+def test_prior_baseline_known_answer():
+    """The label prior: AUCs 0.5, the most frequent training class called for every test image."""
+    from melrepro.papers.gcn_mil.tables import _prior_baseline
+
+    manifest = pd.DataFrame(
+        {
+            "split": ["train"] * 5 + ["test"] * 4,
+            "label": ["nevus"] * 3 + ["melanoma"] * 2 + ["melanoma", "nevus", "nevus", "nevus"],
+        }
+    )
+    assert _prior_baseline(manifest) == {"sk_auc": 0.5, "auc": 0.5, "accuracy": 0.75, "recall": 0.0}
+    manifest.loc[:2, "label"] = "melanoma"  # melanoma now the most frequent training class
+    assert _prior_baseline(manifest)["recall"] == 1.0
+    assert _prior_baseline(manifest)["accuracy"] == 0.25

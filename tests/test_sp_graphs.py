@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from melrepro.methods.conventional_features import N_CONVENTIONAL, conventional_features
-from melrepro.papers.sp_graphs.evaluate import cross_validate_table, table_feature_sets
+from melrepro.papers.sp_graphs.evaluate import CONTROL, cross_validate_table, table_feature_sets
 from melrepro.papers.sp_graphs.features import (
     ExtractionSettings,
     extract_features_shard,
@@ -18,7 +18,7 @@ from melrepro.papers.sp_graphs.features import (
     load_features,
 )
 from melrepro.papers.sp_graphs.figures import plot_examples, plot_results
-from melrepro.papers.sp_graphs.tables import write_tables
+from melrepro.papers.sp_graphs.tables import CONTROL_ROW, PRIOR_ROW, write_tables
 from melrepro.papers.sp_graphs.variants import TABLES, variant_key
 from melrepro.report.scorecard import lookup
 
@@ -143,7 +143,7 @@ def test_round_trip_features_cv_tables_figures(toy_dataset, tmp_path):
           "prune_taus": SMALL.prune_taus, "n_splits": 5, "classifiers": ("SVM", "RF"),
           "classifier_settings": {"n_select": 40, "n_estimators": 20}}  # fmt: skip
     metrics, selection = {}, {}
-    for table in [*TABLES, "table07"]:
+    for table in [*TABLES, "table07", CONTROL]:
         metrics[table] = tmp_path / f"{table}_m.parquet"
         selection[table] = tmp_path / f"{table}_s.parquet"
         protocol = "before_cv" if table == "table07" else "within_fold"
@@ -173,6 +173,11 @@ def test_round_trip_features_cv_tables_figures(toy_dataset, tmp_path):
     t7 = pd.read_csv(outputs["table07"])
     assert lookup(t7, "Learned / AC", "Color") is not None
     assert lookup(t7, "Learned / AC", "Color [before_cv]") is not None
+    # the marked rows: the control learns nothing the test folds confirm; the prior is 50 % AUC
+    assert lookup(t7, f"{CONTROL_ROW}, learned / AUC", "Color") < 75
+    assert lookup(t7, "Learned / AUC", "Color") > 85
+    assert lookup(t7, f"{PRIOR_ROW} / AUC", "Color") == 50
+    assert 40 <= lookup(t7, f"{PRIOR_ROW} / AC", "Color [before_cv]") <= 60  # 24 of 48 melanomas
     t11 = pd.read_csv(outputs["table11"])
     assert t11["Pruning threshold"].unique().tolist() == ["tau=0%", "tau=50%"]
     # pruning removes half of the edges that carry weight, not zeros: density halves
@@ -222,3 +227,31 @@ def test_lesion_box_contains_the_lesion_and_has_a_minimum_size():
     assert cols.stop - cols.start == 32
     assert rows.start <= 50 < rows.stop
     assert cols.start <= 60 < cols.stop
+
+
+def test_label_shuffled_cv_permutes_training_labels_only():
+    """The control: on features that give the label away, CV on true labels is perfect, on
+    permuted training labels near chance (test folds keep their labels), seeded, and refused
+    with before_cv; the label prior predicts each training fold's majority class."""
+    from melrepro.methods.classical import cross_validate, label_prior_metrics
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], [36, 24])
+    x = np.column_stack([y + rng.normal(0, 0.1, len(y)), rng.normal(size=(len(y), 3))])
+    sets = {"leaky": (x, ["label", "a", "b", "c"])}
+    kw = {"classifiers": ("SVM", "KNN"), "n_splits": 5, "seed": 1,
+          "settings": None}  # fmt: skip
+    true = cross_validate(sets, y, **kw).summary()
+    shuffled = cross_validate(sets, y, shuffle_training_labels=True, **kw).summary()
+    again = cross_validate(sets, y, shuffle_training_labels=True, **kw).summary()
+    assert (true["AUC"] == 100).all()
+    assert (shuffled["AUC"] < 75).all()
+    pd.testing.assert_frame_equal(shuffled, again)
+    with pytest.raises(ValueError, match="within_fold"):
+        cross_validate(sets, y, protocol="before_cv", shuffle_training_labels=True, **kw)
+    prior = label_prior_metrics(y, n_splits=5, seed=1)
+    assert len(prior) == 5
+    assert (prior["AUC"] == 50).all()
+    assert prior["AC"].mean() == pytest.approx(60)  # 36 of 60 benign, folds of 12 images
+    assert (prior["Spec"] == 100).all()
+    assert (prior["Sens"] == 0).all()

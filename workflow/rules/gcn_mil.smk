@@ -2,8 +2,9 @@
 #
 #   cache shard --extract_gcn_mil_features--> features/shard-K.pt (frozen ResNet18, one bag per image x DR angle x view)
 #                                             + features/shard-K_zero.pt (only the 0-degree bags, for evaluation/figures)
-#   features --train_gcn_mil--> models/A/run-R.pt      (A = reading of Eq. 1's radius: block | stride; n_runs runs)
-#   model --evaluate_gcn_mil--> evaluation/A/run-R_*   (test metrics, eta sweep on training)
+#   features --train_gcn_mil--> models/H/run-R.pt      (H = reading of Eq. 1's radius: block | stride, n_runs runs;
+#                                                       or label_shuffled: the control, run 0)
+#   model --evaluate_gcn_mil--> evaluation/H/run-R_*   (test metrics, eta sweep on training)
 #   evaluation --tabulate_gcn_mil / plot_gcn_mil--> tables/table01-05, figures/fig02-06
 
 GCN_MIL = config.get("gcn_mil", {})
@@ -32,6 +33,10 @@ GCN_MIL_GRAPH = {
     "radius_factor": GCN_MIL.get("radius_factor", 2**0.5),
 }
 GCN_MIL_READINGS = list(GCN_MIL.get("adjacency_readings", ["block", "stride"]))
+#: The label-shuffled control (models/label_shuffled/): run 0 of the adjacency_radius reading
+#: trained on permuted training labels, evaluated as the others; a marked row of table05.
+GCN_MIL_CONTROL = "label_shuffled"
+GCN_MIL_CONTROL_RUNS = [0] if GCN_MIL.get("label_shuffled_control", False) else []
 if GCN_MIL_GRAPH["adjacency_radius"] not in GCN_MIL_READINGS:
     raise ValueError(
         f"gcn_mil.adjacency_radius {GCN_MIL_GRAPH['adjacency_radius']!r} must be one of "
@@ -93,17 +98,17 @@ rule train_gcn_mil:
     input:
         features=GCN_MIL_FEATURES,
     output:
-        model=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}.pt",
-        history=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}_history.tsv",
+        model=f"{GCN_MIL_OUT}/models/{{head}}/run-{{run}}.pt",
+        history=f"{GCN_MIL_OUT}/models/{{head}}/run-{{run}}_history.tsv",
         # What the trainings report reads (threads, training-set size, wall time).
-        metrics=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}_metrics.json",
+        metrics=f"{GCN_MIL_OUT}/models/{{head}}/run-{{run}}_metrics.json",
     log:
-        "logs/train_gcn_mil/{adjacency}/{run}.log",
+        "logs/train_gcn_mil/{head}/{run}.log",
     benchmark:
-        "benchmarks/results/train_gcn_mil/{adjacency}/{run}.tsv"
+        "benchmarks/results/train_gcn_mil/{head}/{run}.tsv"
     wildcard_constraints:
         run=r"\d+",
-        adjacency="block|stride",
+        head=f"block|stride|{GCN_MIL_CONTROL}",
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -112,7 +117,14 @@ rule train_gcn_mil:
         runtime=grows_with_attempt(2880 if GCN_MIL_FULL else 120),
         gpu=JOB_GPUS,
     params:
-        checkpoint_dir=lambda wc: f"{GCN_MIL_OUT}/checkpoints/{wc.adjacency}/run-{wc.run}",
+        checkpoint_dir=lambda wc: f"{GCN_MIL_OUT}/checkpoints/{wc.head}/run-{wc.run}",
+        # the control is trained as the adjacency_radius reading, on permuted training labels
+        adjacency=lambda wc: (
+            GCN_MIL_GRAPH["adjacency_radius"]
+            if wc.head == GCN_MIL_CONTROL
+            else wc.head
+        ),
+        shuffle_labels=lambda wc: wc.head == GCN_MIL_CONTROL,
         radius_factor=GCN_MIL_GRAPH["radius_factor"],
         model=GCN_MIL.get("model", {}),
         train=GCN_MIL.get("train", {}),
@@ -125,21 +137,21 @@ rule train_gcn_mil:
 
 rule evaluate_gcn_mil:
     input:
-        model=f"{GCN_MIL_OUT}/models/{{adjacency}}/run-{{run}}.pt",
+        model=f"{GCN_MIL_OUT}/models/{{head}}/run-{{run}}.pt",
         features=GCN_MIL_ZERO,
         caches=GCN_MIL_CACHES,
     output:
-        predictions=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_predictions.csv",
-        sweep=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_sweep.csv",
-        metrics=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_metrics.json",
-        scores=f"{GCN_MIL_OUT}/evaluation/{{adjacency}}/run-{{run}}_scores.npz",
+        predictions=f"{GCN_MIL_OUT}/evaluation/{{head}}/run-{{run}}_predictions.csv",
+        sweep=f"{GCN_MIL_OUT}/evaluation/{{head}}/run-{{run}}_sweep.csv",
+        metrics=f"{GCN_MIL_OUT}/evaluation/{{head}}/run-{{run}}_metrics.json",
+        scores=f"{GCN_MIL_OUT}/evaluation/{{head}}/run-{{run}}_scores.npz",
     log:
-        "logs/evaluate_gcn_mil/{adjacency}/{run}.log",
+        "logs/evaluate_gcn_mil/{head}/{run}.log",
     benchmark:
-        "benchmarks/results/evaluate_gcn_mil/{adjacency}/{run}.tsv"
+        "benchmarks/results/evaluate_gcn_mil/{head}/{run}.tsv"
     wildcard_constraints:
         run=r"\d+",
-        adjacency="block|stride",
+        head=f"block|stride|{GCN_MIL_CONTROL}",
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -164,6 +176,10 @@ rule tabulate_gcn_mil:
             )
             for reading in GCN_MIL_READINGS
         },
+        control=expand(
+            f"{GCN_MIL_OUT}/evaluation/{GCN_MIL_CONTROL}/run-{{run}}_metrics.json",
+            run=GCN_MIL_CONTROL_RUNS,
+        ),
         manifest=manifest("isic2017"),
         split=split_file("isic2017", "official"),
         paper_values=workflow_file("config/paper_values/gcn_mil.csv"),

@@ -1,7 +1,8 @@
 # Rules of the sp_graphs paper: superpixel ensemble and hierarchy graphs (paper 001).
 #
 #   cache shard --extract_sp_graphs_features--> features/<dataset>/shard-K.npz (every level, signal, weighting, tau)
-#   features --cross_validate_sp_graphs--> cv/<table>_{metrics,selection}.parquet (one job per table)
+#   features --cross_validate_sp_graphs--> cv/<table>_{metrics,selection}.parquet (one job per table,
+#                                          and label_shuffled: the control of table07)
 #   cv --tabulate_sp_graphs / plot_sp_graphs_results--> tables/table01-12, figures/fig05-06
 #   cache --plot_sp_graphs_examples--> figures/fig01-03; fig04 is the shared rule graph (report.smk)
 # Every rule uses envs/classical.yaml: melrepro.papers.sp_graphs (features, evaluate, tables,
@@ -15,6 +16,12 @@ SP_GRAPHS_DATASETS = ["isic2017", "isic_archive_melanoma"]
 #: One cross-validation job per results table; table07 runs the other protocol's fused sets.
 SP_GRAPHS_CV = [f"table{i:02d}" for i in range(1, 12)]
 SP_GRAPHS_TABLES = [f"table{i:02d}" for i in range(1, 13)]
+#: The label-shuffled control's CV (the fused sets of tables 1-6 on permuted training labels):
+#: marked rows of table07 when sp_graphs.label_shuffled_control is on.
+SP_GRAPHS_CONTROL = "label_shuffled"
+SP_GRAPHS_CONTROLS = (
+    [SP_GRAPHS_CONTROL] if SP_GRAPHS.get("label_shuffled_control", False) else []
+)
 
 ARTIFACTS["sp_graphs"] = [
     f"{SP_GRAPHS_OUT}/tables/{t}.csv" for t in SP_GRAPHS_TABLES
@@ -82,7 +89,7 @@ rule cross_validate_sp_graphs:
     benchmark:
         "benchmarks/results/cross_validate_sp_graphs/{table}.tsv"
     wildcard_constraints:
-        table="table(0[1-9]|1[01])",
+        table=f"table(0[1-9]|1[01])|{SP_GRAPHS_CONTROL}",
     conda:
         "../../envs/classical.yaml"
     threads: 1
@@ -105,6 +112,9 @@ rule tabulate_sp_graphs:
     input:
         metrics=expand(
             f"{SP_GRAPHS_OUT}/cv/{{table}}_metrics.parquet", table=SP_GRAPHS_CV
+        ),
+        control=expand(
+            f"{SP_GRAPHS_OUT}/cv/{{table}}_metrics.parquet", table=SP_GRAPHS_CONTROLS
         ),
         paper_values=workflow_file("config/paper_values/sp_graphs.csv"),
     output:

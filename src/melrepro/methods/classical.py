@@ -46,6 +46,7 @@ __all__ = [
     "ClassifierSettings",
     "binary_metrics",
     "cross_validate",
+    "label_prior_metrics",
     "make_classifier",
     "select_features",
 ]
@@ -198,6 +199,7 @@ def cross_validate(
     n_splits: int = 10,
     settings: ClassifierSettings | None = None,
     seed: int = 0,
+    shuffle_training_labels: bool = False,
 ) -> CVResult:
     """Stratified k-fold CV of every classifier on every feature set.
 
@@ -219,6 +221,10 @@ def cross_validate(
     settings : ClassifierSettings, optional
     seed : int
         Seeds the folds and every random estimator.
+    shuffle_training_labels : bool
+        The label-shuffled control: each fold's selection and classifiers are fitted on its
+        training labels permuted (seeded by ``seed`` and the fold); test labels stay true.
+        ``within_fold`` only.
 
     Returns
     -------
@@ -235,9 +241,18 @@ def cross_validate(
     y = np.asarray(y).astype(int)
     if np.bincount(y, minlength=2).min() < n_splits:
         raise ValueError(f"need at least {n_splits} images of each class for {n_splits}-fold CV")
+    if shuffle_training_labels and protocol != "within_fold":
+        raise ValueError("shuffle_training_labels needs the within_fold protocol")
     for name in classifiers:
         make_classifier(name, settings, seed)  # validates names early
     folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(y, y))
+    # What the fits see: each fold's training labels, permuted for the control.
+    fit_labels = [
+        np.random.default_rng([seed, 20, k]).permutation(y[train])
+        if shuffle_training_labels
+        else y[train]
+        for k, (train, _) in enumerate(folds)
+    ]
     rows: list[dict] = []
     sel_rows: list[dict] = []
     for set_name, (x, names) in feature_sets.items():
@@ -248,7 +263,7 @@ def cross_validate(
             counts[keep] += 1
         for k, (train, test) in enumerate(folds):
             if protocol == "within_fold":
-                scaler, keep = select_features(x[train], y[train], settings, seed)
+                scaler, keep = select_features(x[train], fit_labels[k], settings, seed)
                 counts[keep] += 1
             xtr = scaler.transform(x[train])[:, keep]
             xte = scaler.transform(x[test])[:, keep]
@@ -258,7 +273,7 @@ def cross_validate(
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     warnings.filterwarnings("ignore", message=".*collinear.*")
                     try:
-                        model.fit(xtr, y[train])
+                        model.fit(xtr, fit_labels[k])
                     except np.linalg.LinAlgError as err:  # QDA on a singular class covariance
                         logger.warning("%s on %s, fold %d failed: %s", name, set_name, k, err)
                         rows.append({"feature_set": set_name, "classifier": name, "fold": k,
@@ -276,3 +291,17 @@ def cross_validate(
             for i in np.nonzero(counts)[0]
         )
     return CVResult(metrics=pd.DataFrame(rows), selection=pd.DataFrame(sel_rows))
+
+
+def label_prior_metrics(y: np.ndarray, *, n_splits: int = 10, seed: int = 0) -> pd.DataFrame:
+    """The trivial baseline on :func:`cross_validate`'s folds: every test image gets its training
+    fold's most frequent class and a constant score (AUC 50). One row per fold, the
+    :data:`METRICS` columns and ``classifier`` "Label prior"; computed, nothing is fitted."""
+    y = np.asarray(y).astype(int)
+    folds = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(y, y)
+    rows = []
+    for k, (train, test) in enumerate(folds):
+        majority = int(np.bincount(y[train], minlength=2).argmax())
+        metrics = binary_metrics(y[test], np.full(len(test), majority), np.zeros(len(test)))
+        rows.append({"classifier": "Label prior", "fold": k, **metrics})
+    return pd.DataFrame(rows)

@@ -49,6 +49,10 @@ __all__ = [
     "block_centres",
     "block_grid",
     "block_scores",
+    "best_threshold_jaccard",
+    "block_fractions",
+    "everything_jaccard",
+    "oracle_block_jaccard",
     "dihedral",
     "dr_counts",
     "jaccard_index",
@@ -718,3 +722,60 @@ def threshold_sweep(
         for i, eta in enumerate(thresholds):
             result[i] += jaccard_index(score >= eta, mask)
     return result / max(len(score_maps), 1)
+
+
+def everything_jaccard(truth: np.ndarray) -> float:
+    """Jaccard index of the "everything" mask (every pixel called lesion): lesion area / image area.
+
+    The trivial baseline of a segmentation: what Eq. 3 gives at η = 0 or with flat attention.
+    """
+    return jaccard_index(np.ones(np.shape(truth), dtype=bool), truth)
+
+
+def best_threshold_jaccard(score_map: np.ndarray, truth: np.ndarray) -> float:
+    """The best Jaccard index of ``score_map >= t`` against ``truth`` over every threshold t.
+
+    Every distinct score is tried (and a threshold above all of them, the empty mask), so this
+    is the exact best of one image's map: pixels are ranked by score, and the Jaccard of each
+    prefix that ends at a change of score is ``lesion / (lesion area + prefix area - lesion)``.
+    """
+    values = np.asarray(score_map, dtype=np.float64).ravel()
+    lesion = np.asarray(truth, dtype=bool).ravel()
+    total = int(lesion.sum())
+    order = np.argsort(-values, kind="stable")
+    ranked = values[order]
+    inside = np.cumsum(lesion[order])
+    area = np.arange(1, len(ranked) + 1)
+    ends = np.r_[ranked[1:] != ranked[:-1], True]
+    jaccard = inside[ends] / (total + area[ends] - inside[ends])
+    empty = 1.0 if total == 0 else 0.0
+    return float(max(jaccard.max(initial=0.0), empty))
+
+
+def block_fractions(truth: np.ndarray, coords: np.ndarray, block_size: int) -> np.ndarray:
+    """Fraction of each k x k block (top-left ``coords``) that lies inside ``truth`` (N,)."""
+    lesion = np.asarray(truth, dtype=np.float64)
+    integral = np.pad(lesion.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    h, w = lesion.shape
+    y0, x0 = coords[:, 0], coords[:, 1]
+    y1, x1 = np.minimum(y0 + block_size, h), np.minimum(x0 + block_size, w)
+    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    area = np.maximum((y1 - y0) * (x1 - x0), 1)
+    return inside / area
+
+
+def oracle_block_jaccard(truth: np.ndarray, coords: np.ndarray, block_size: int) -> float:
+    """The oracle of Eq. 3's segmentation at this block grid: the best Jaccard of the score map
+    whose block scores are each block's lesion fraction, over every threshold.
+
+    Eq. 3 can only call unions of whole blocks lesion (a pixel's score is the maximum of its
+    blocks'; uncovered pixels score 0, lesion only at η = 0). Attention that ranked blocks by
+    how much lesion they hold, with the best threshold of each image, reaches this value; it
+    is the ceiling a model can approach at this grid (reachable, not a proven maximum over
+    every union of blocks, which is a combinatorial search).
+    """
+    truth = np.asarray(truth, dtype=bool)
+    fractions = block_fractions(truth, coords, block_size)
+    score_map = segmentation_map(truth.shape, coords, block_size, fractions)
+    return best_threshold_jaccard(score_map, truth)

@@ -49,6 +49,24 @@ def load_bags(
     return out
 
 
+def permute_training_labels(bags: Sequence[dict[str, Any]], seed: int) -> dict[str, str]:
+    """Give every image's bags the label of another training image (the label-shuffled control).
+
+    One seeded permutation of the image-level labels (images in sorted id order), so all DR
+    copies and views of an image keep one label and the class counts stay the same. Changes
+    ``bags`` in place; returns ``{image_id: new label}``.
+    """
+    labels = {}
+    for bag in bags:
+        labels.setdefault(bag["image_id"], bag["label"])
+    ids = sorted(labels)
+    order = np.random.default_rng([seed, 20]).permutation(len(ids))
+    permuted = {image: labels[ids[j]] for image, j in zip(ids, order, strict=True)}
+    for bag in bags:
+        bag["label"] = permuted[bag["image_id"]]
+    return permuted
+
+
 class BagGraphs:
     """Eq. 1 edges of each block grid, built once per grid from its coordinates (int32).
 

@@ -91,18 +91,28 @@ def recognition_metrics(predictions: pd.DataFrame) -> dict[str, float]:
     }
 
 
+#: The segmentation references computed per image beside the model's Jaccard (no model in
+#: them): the "everything" mask (trivial baseline) and the block-grid oracle (ceiling).
+REFERENCE_JACCARDS = ("jaccard_everything", "jaccard_oracle")
+
+
 def _segmentation_sweep(
     bag: Mapping[str, Any], mask: np.ndarray | None, cache_path, alpha, probs, etas: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 3 block scores of one bag and the Jaccard index of its score map at every η."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Eq. 3 block scores of one bag, the Jaccard index of its score map at every η, and the
+    references of :data:`REFERENCE_JACCARDS` for its mask at its block grid."""
     if mask is None:
         raise ValueError(f"{bag['image_id']} has no Part 1 mask in {cache_path}")
     mask = to_working(mask, tuple(bag["shape"]), order=0) > 0
+    coords = bag["coords"].numpy()
     scores = mil.block_scores(alpha, probs)
-    score_map = mil.segmentation_map(
-        tuple(bag["shape"]), bag["coords"].numpy(), bag["block_size"], scores
-    )
-    return np.array([mil.jaccard_index(score_map >= eta, mask) for eta in etas]), scores
+    score_map = mil.segmentation_map(tuple(bag["shape"]), coords, bag["block_size"], scores)
+    references = {
+        "jaccard_everything": mil.everything_jaccard(mask),
+        "jaccard_oracle": mil.oracle_block_jaccard(mask, coords, bag["block_size"]),
+    }
+    sweep = np.array([mil.jaccard_index(score_map >= eta, mask) for eta in etas])
+    return sweep, scores, references
 
 
 def _predict_shards(
@@ -141,9 +151,10 @@ def _predict_shards(
             if cache is None:
                 cache = read_cache([cache_path])
             mask = cache[bag["image_id"]].mask
-            per_image[bag["image_id"]], scores = _segmentation_sweep(
+            per_image[bag["image_id"]], scores, references = _segmentation_sweep(
                 bag, mask, cache_path, alpha, probs, etas
             )
+            row.update(references)
             scores_out[f"scores__{bag['image_id']}"] = scores.astype(np.float32)
     return rows, per_image, scores_out, all_bags, net, graphs
 
@@ -184,6 +195,12 @@ def _test_jaccard_at(
         per_image[i][best] if i in per_image and predictions.at[i, "split"] == "test" else np.nan
         for i in predictions.index
     ]
+
+
+def _reference_means(predictions: pd.DataFrame, classes: Sequence[str], suffix: str) -> dict:
+    """Mean of each :data:`REFERENCE_JACCARDS` column over the test images of ``classes``."""
+    scored = predictions[(predictions["split"] == "test") & predictions["label"].isin(classes)]
+    return {f"{key}{suffix}": float(scored[key].mean()) for key in REFERENCE_JACCARDS}
 
 
 def _write_evaluation(
@@ -229,22 +246,19 @@ def evaluate_gcn_mil(
     training melanomas (ties: the smallest η) and JA is the mean over the test melanomas at η*
     (the paper's). The alternative reading does the same over every class (``*_all_classes``).
 
-    Writes ``predictions_path`` (CSV: image_id, split, label, p_<class>, a test image's
-    jaccard at η* and jaccard_all_classes at the all-class η*), ``sweep_path`` (CSV: eta,
-    train_jaccard, test_jaccard over melanomas, and the same ``*_all_classes``),
-    ``metrics_path`` (JSON: sk_auc, auc, accuracy, recall, jaccard, eta, jaccard_all_classes,
-    eta_all_classes, n_test, n_test_melanomas) and ``scores_path`` (npz: the attention
-    weight of every block ``alpha__<id>`` for every 0° bag, and the Eq. 3 block scores
-    ``scores__<id>`` of training and test images, for the figures).
+    Writes ``predictions_path`` (CSV: image_id, split, label, p_<class>, the
+    :data:`REFERENCE_JACCARDS` of training/test images, a test image's jaccard at η* and
+    jaccard_all_classes), ``sweep_path`` (CSV: eta, train_jaccard, test_jaccard, and
+    ``*_all_classes``), ``metrics_path`` (JSON: recognition metrics, jaccard, eta, the
+    reference means, each also ``*_all_classes``, n_test, n_test_melanomas, adjacency) and
+    ``scores_path`` (npz: every 0° bag's attention ``alpha__<id>``, training/test images' Eq. 3
+    block scores ``scores__<id>``).
     """
     torch.set_num_threads(max(1, threads))
     dev = choose_device(device)
     etas = thresholds_from(**dict(thresholds or {}))
     if len(feature_paths) != len(cache_paths):
-        raise ValueError(
-            f"{len(feature_paths)} feature shards but {len(cache_paths)} cache shards; "
-            "they must pair up"
-        )
+        raise ValueError(f"{len(feature_paths)} feature but {len(cache_paths)} cache shards")
     rows, per_image, scores_out, all_bags, net, graphs = _predict_shards(
         model_path, feature_paths, cache_paths, etas, dev
     )
@@ -261,10 +275,11 @@ def evaluate_gcn_mil(
         predictions[f"jaccard{suffix}"] = _test_jaccard_at(predictions, per_image, best)
         metrics[f"jaccard{suffix}"] = float(test_curve[best])
         metrics[f"eta{suffix}"] = float(etas[best])
+        metrics.update(_reference_means(predictions, classes, suffix))
     test = predictions[predictions["split"] == "test"]
     metrics["n_test"] = len(test)
     metrics["n_test_melanomas"] = int((test["label"] == "melanoma").sum())
-    eta = metrics["eta"]
+    metrics["adjacency"] = graphs.reading
     logger.info("test metrics: %s", metrics)
 
     _write_evaluation(
@@ -278,7 +293,7 @@ def evaluate_gcn_mil(
         Path(metrics_path).parent,
         run_info,
         device=str(dev),
-        eta=eta,
+        eta=metrics["eta"],
         eta_all_classes=metrics["eta_all_classes"],
         adjacency=graphs.reading,
         mean_degree=graphs.mean_degree(all_bags),

@@ -22,7 +22,13 @@ from torch import nn
 
 from melrepro.methods import mil
 from melrepro.methods.devices import choose_device
-from melrepro.papers.gcn_mil.bags import BagGraphs, collate, feature_moments, load_bags
+from melrepro.papers.gcn_mil.bags import (
+    BagGraphs,
+    collate,
+    feature_moments,
+    load_bags,
+    permute_training_labels,
+)
 from melrepro.papers.gcn_mil.common import atomic_torch_save, write_run_info
 from melrepro.papers.gcn_mil.options import ModelOptions, TrainOptions, as_options
 
@@ -59,10 +65,13 @@ def _run_epoch(
 
 
 def _training_bags(
-    feature_paths: Sequence[str | Path],
+    feature_paths: Sequence[str | Path], label_shuffle_seed: int | None = None
 ) -> tuple[list[dict[str, Any]], list[list[int]], list[dict[str, Any]]]:
-    """Training bags, their groups by (image, DR angle) and the 0° validation bags."""
+    """Training bags, their groups by (image, DR angle) and the 0° validation bags; with
+    ``label_shuffle_seed``, the training labels permuted among the training images."""
     train_set = load_bags(feature_paths, splits=["train"])
+    if label_shuffle_seed is not None:
+        permute_training_labels(train_set, label_shuffle_seed)
     # One draw per (image, DR angle) and epoch among its precomputed flips / quarter turns.
     groups: dict[tuple[str, float], list[int]] = {}
     for i, bag in enumerate(train_set):
@@ -105,10 +114,12 @@ def _fingerprint(
     adjacency: str,
     radius_factor: float,
     feature_paths: Sequence[str | Path],
+    shuffle_labels: bool = False,
 ) -> str:
     """What a checkpoint must match to be resumed: the same settings on the same features."""
     return json.dumps(
         {
+            "shuffle_labels": shuffle_labels,
             "model": asdict(model_opts),
             # More epochs continue a run; any other change starts afresh.
             "train": {k: v for k, v in asdict(train_opts).items() if k != "epochs"},
@@ -289,6 +300,7 @@ def _write_outputs(
     run_info: Mapping[str, Any] | None,
     metrics_path: str | Path,
     counts: Mapping[str, Any],
+    shuffle_labels: bool = False,
 ) -> Path:
     """The final model, the history TSV, the run's metrics JSON and the model folder's run info.
 
@@ -305,6 +317,7 @@ def _write_outputs(
             "graph": graph,
             "run": run,
             "seed": seed,
+            "shuffle_labels": shuffle_labels,
         },
         model_path,
     )
@@ -337,6 +350,7 @@ def _write_outputs(
             "train": asdict(train_opts),
             "graph": graph,
             "run": run,
+            "shuffle_labels": shuffle_labels,
         },
         device=str(dev),
         weights="GCN-MIL head trained on cached frozen-backbone features",
@@ -356,6 +370,7 @@ def train_gcn_mil(
     radius_factor: float = float(np.sqrt(2)),
     model: Mapping[str, Any] | ModelOptions | None = None,
     train: Mapping[str, Any] | TrainOptions | None = None,
+    shuffle_labels: bool = False,
     device: str = "auto",
     threads: int = 1,
     run_info: Mapping[str, Any] | None = None,
@@ -387,6 +402,10 @@ def train_gcn_mil(
     radius_factor : float
         √2 in the paper.
     model, train : options or mappings, optional
+    shuffle_labels : bool
+        The label-shuffled control: the training images' labels are permuted (seeded by
+        ``seed + run``; :func:`~melrepro.papers.gcn_mil.bags.permute_training_labels`), the
+        validation labels are not; everything else as the model trained on true labels.
     device : {"auto", "cpu", "cuda"}
     threads : int
     run_info : mapping, optional
@@ -406,7 +425,7 @@ def train_gcn_mil(
     dev = choose_device(device)
     run_seed = seed + run
     graphs = BagGraphs(adjacency, radius_factor)
-    data = _training_bags(feature_paths)
+    data = _training_bags(feature_paths, run_seed if shuffle_labels else None)
     train_set, members, val_set = data
     logger.info(
         "run %d: %d training bags (DR) in %d views, %d validation bags; adjacency %s "
@@ -425,7 +444,9 @@ def train_gcn_mil(
     )
     checkpoint_path = Path(checkpoint_dir) / "checkpoint.pt"
     # A checkpoint is resumed only by the same run of the same settings on the same features.
-    fingerprint = _fingerprint(model_opts, train_opts, adjacency, radius_factor, feature_paths)
+    fingerprint = _fingerprint(
+        model_opts, train_opts, adjacency, radius_factor, feature_paths, shuffle_labels
+    )
     stamp = {"seed": seed, "run": run, "fingerprint": fingerprint}
     start_epoch, history = _resume(
         checkpoint_path, net, optimizer, scheduler, **stamp, epochs=train_opts.epochs
@@ -448,4 +469,5 @@ def train_gcn_mil(
     return _write_outputs(
         net, model_opts, train_opts, graph, history, model_path, history_path,
         run=run, seed=seed, dev=dev, run_info=run_info, metrics_path=metrics_path, counts=counts,
+        shuffle_labels=shuffle_labels,
     )  # fmt: skip

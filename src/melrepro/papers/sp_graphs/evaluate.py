@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melrepro.methods.classical import CLASSIFIERS, ClassifierSettings, cross_validate
+from melrepro.methods.classical import (
+    CLASSIFIERS,
+    ClassifierSettings,
+    cross_validate,
+    label_prior_metrics,
+)
 from melrepro.methods.conventional_features import conventional_feature_names
 from melrepro.methods.graph_features import feature_names
 from melrepro.papers.sp_graphs.features import load_features
@@ -24,7 +29,12 @@ from melrepro.papers.sp_graphs.variants import TABLES, variant_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cross_validate_table", "edge_density", "table_feature_sets"]
+__all__ = ["CONTROL", "PRIOR_SOURCE", "cross_validate_table", "edge_density", "table_feature_sets"]
+
+#: The label-shuffled control's CV "table": tables 1-6's fused sets on permuted training labels.
+CONTROL = "label_shuffled"
+#: ``source`` of the label prior's rows in table07's CV metrics (computed, not fitted).
+PRIOR_SOURCE = "label_prior"
 
 
 def _level_label(n: int | str) -> str:
@@ -100,7 +110,9 @@ def cross_validate_table(
     """Run the CV of one table and save per-fold metrics and selection counts (parquet).
 
     ``table="table07"`` runs the fused sets of tables 1–6 under ``protocol`` (the workflow runs
-    it with the protocol the other tables do not use, so table 7 can show both).
+    it with the protocol the other tables do not use, so table 7 can show both) and adds the
+    label prior's metrics on the same folds (source ``label_prior``). ``table="label_shuffled"``
+    (:data:`CONTROL`) runs the same fused sets on permuted training labels: the control.
     """
     samples, blocks = load_features(feature_files, manifests)
     y = samples["target"].to_numpy()
@@ -108,17 +120,21 @@ def cross_validate_table(
     kw = {"seg_levels": seg_levels, "shg_levels": shg_levels, "prune_taus": prune_taus,
           "include_conventional": include_conventional}  # fmt: skip
     frames_m, frames_s = [], []
-    sources = [f"table0{i}" for i in range(1, 7)] if table == "table07" else [table]
+    fused_only = table in ("table07", CONTROL)
+    sources = [f"table0{i}" for i in range(1, 7)] if fused_only else [table]
     for src in sources:
-        sets = table_feature_sets(src, blocks, fused_only=table == "table07", **kw)
+        sets = table_feature_sets(src, blocks, fused_only=fused_only, **kw)
         res = cross_validate(
             sets, y, classifiers=tuple(classifiers), protocol=protocol, n_splits=n_splits,
-            settings=settings, seed=seed,
+            settings=settings, seed=seed, shuffle_training_labels=table == CONTROL,
         )  # fmt: skip
         density = {label: edge_density(x, names) for label, (x, names) in sets.items()}
         frames_m.append(res.metrics.assign(source=src, protocol=protocol,
                                            edge_density=res.metrics["feature_set"].map(density)))  # fmt: skip
         frames_s.append(res.selection.assign(source=src, protocol=protocol))
+    if table == "table07":
+        prior = label_prior_metrics(y, n_splits=n_splits, seed=seed)
+        frames_m.append(prior.assign(feature_set="none", source=PRIOR_SOURCE, protocol=protocol))
     for frames, out in ((frames_m, metrics_out), (frames_s, selection_out)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         pd.concat(frames, ignore_index=True).to_parquet(out)

@@ -10,13 +10,18 @@ from typing import Any
 import pandas as pd
 
 from melrepro.methods.classical import CLASSIFIERS, METRICS
+from melrepro.papers.sp_graphs.evaluate import CONTROL, PRIOR_SOURCE
 from melrepro.papers.sp_graphs.variants import SIGNAL_TITLE, SIGNALS, TABLES, WEIGHTING_TITLE
 from melrepro.report.tables import mean_interval
 
-__all__ = ["EDGE_DENSITY", "write_tables"]
+__all__ = ["CONTROL_ROW", "EDGE_DENSITY", "PRIOR_ROW", "write_tables"]
 
 #: Column of tables 1-11 holding the mean edge density (%) of the graphs behind each row.
 EDGE_DENSITY = "Edge density (%)"
+#: Table 7's marked rows (not the paper's; the scorecard matches none of them): the
+#: label-shuffled control per weighting and the label prior.
+CONTROL_ROW = "Label-shuffled control"
+PRIOR_ROW = "Label prior (computed)"
 
 
 def _results_table(metrics: pd.DataFrame, row_name: str) -> pd.DataFrame:
@@ -63,7 +68,8 @@ def write_tables(
     Parameters
     ----------
     cv_metrics : mapping
-        ``{"table01": metrics parquet, ..., "table07": the other protocol's fused runs}``.
+        ``{"table01": metrics parquet, ..., "table07": the other protocol's fused runs}``, and
+        optionally ``"label_shuffled"``: the control's (rows of table 7).
     paper_values : path
         ``config/paper_values/sp_graphs.csv`` (the cited rows of table 12 come from it).
     outputs : mapping
@@ -92,7 +98,12 @@ def write_tables(
 
 
 def _table07(frames: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]:
-    """Table 7 (best fused SEG result per metric, both protocols) and the other protocol."""
+    """Table 7 (best fused SEG result per metric, both protocols) and the other protocol.
+
+    Below the paper's rows: the label-shuffled control (``frames[CONTROL]``, when present: the
+    same best-of-classifiers choice on permuted training labels, plain columns only) and the
+    label prior (computed on the same folds; the same value in every column).
+    """
     other = frames["table07"]
     other_protocol = str(other["protocol"].iloc[0]) if len(other) else "before_cv"
     rows = []
@@ -105,6 +116,21 @@ def _table07(frames: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]:
                 rec[f"{SIGNAL_TITLE[signal]} [{other_protocol}]"] = _best_fused(
                     other[other["source"] == src])[metric]  # fmt: skip
             rows.append(rec)
+    control = frames.get(CONTROL)
+    for weighting in ("gaussian", "learned") if control is not None else ():
+        for metric in METRICS:
+            rec = {"Weights": f"{CONTROL_ROW}, {WEIGHTING_TITLE[weighting].lower()}",
+                   "Metric": metric}  # fmt: skip
+            for signal in SIGNALS:
+                src = next(t for t, v in TABLES.items() if v == ("seg", weighting, signal))
+                rec[SIGNAL_TITLE[signal]] = _best_fused(control[control["source"] == src])[metric]
+            rows.append(rec)
+    prior = other[other["source"] == PRIOR_SOURCE]
+    if len(prior):
+        means = prior[list(METRICS)].mean()
+        columns = [c for c in rows[0] if c not in ("Weights", "Metric")]
+        rows.extend({"Weights": PRIOR_ROW, "Metric": metric, **dict.fromkeys(columns, means[metric])}
+                    for metric in METRICS)  # fmt: skip
     t7 = pd.DataFrame(rows).set_index(["Weights", "Metric"]).round(2)
     return t7, other_protocol
 
