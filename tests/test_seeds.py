@@ -212,6 +212,11 @@ def test_effnet_ham_two_seeds_on_the_twin(tmp_path):
     effnet = config["effnet_ham"]
     effnet["variants"] = {"baseline2": effnet["variants"]["baseline2"]}
     effnet["n_seeds"] = 2
+    # short trainings, one thread each: the two seeds train side by side on 2 cores
+    effnet["recipe"]["epochs"] = 2
+    effnet["threads"] = 1
+    effnet["loader_workers"] = 0
+    effnet["n_bootstrap"] = 100
     (workdir / "config/seeds.yaml").write_text(yaml.safe_dump(config))
     targets = ["results/effnet_ham/tables/table01.csv", "results/scorecard/effnet_ham.csv"]
     snakemake(*targets, "--cores", "2", "--configfile", "config/seeds.yaml", cwd=workdir)
