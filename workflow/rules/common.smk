@@ -83,6 +83,7 @@ else:
 
 from melrepro.data.layouts import DATASETS as LAYOUTS
 from melrepro.report.script_imports import source_digest
+from melrepro.report.seeds import training_seed
 
 validate(config, "../schemas/config.schema.yaml")
 validate(config["data"]["synthetic"], "../schemas/synthetic.schema.yaml")
@@ -347,6 +348,24 @@ def run_info_params():
         "seed": config["seed"],
         "pretrained": config["pretrained"],
         "device": config["device"],
+    }
+
+
+# ---- seeds of the CNN papers: n_seeds trainings per model (melrepro.report.seeds) ----
+
+
+def seed_folders(folder, paper_config):
+    """The folders of one model's trainings: ``folder`` (seed index 0, the global seed), then
+    ``folder/seed-<i>`` for the paper's further seeds (``n_seeds`` in all)."""
+    n_seeds = int(paper_config.get("n_seeds", 1))
+    return [folder] + [f"{folder}/seed-{i}" for i in range(1, n_seeds)]
+
+
+def seed_run_info(wildcards):
+    """run_info_params() of the training with seed index ``wildcards.seed``."""
+    return {
+        **run_info_params(),
+        "seed": training_seed(config["seed"], int(wildcards.seed)),
     }
 
 

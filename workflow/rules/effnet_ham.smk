@@ -75,12 +75,32 @@ if EFFNET_HAM:
         script:
             "../../scripts/train_effnet_ham.py"
 
+    # Seeds 1..n_seeds-1 of a variant (seed 0 is the rule above): seed-<i>/ under its folder.
+    use rule train_effnet_ham as train_effnet_ham_seed with:
+        output:
+            model=f"{EFFNET_HAM_DIR}/models/{{variant}}/seed-{{seed}}/model.pt",
+            history=f"{EFFNET_HAM_DIR}/models/{{variant}}/seed-{{seed}}/history.csv",
+            predictions=f"{EFFNET_HAM_DIR}/models/{{variant}}/seed-{{seed}}/predictions.parquet",
+            metrics=f"{EFFNET_HAM_DIR}/models/{{variant}}/seed-{{seed}}/metrics.json",
+            run_info=f"{EFFNET_HAM_DIR}/models/{{variant}}/seed-{{seed}}/run_info.json",
+        log:
+            "logs/train_effnet_ham/{variant}/seed-{seed}.log",
+        benchmark:
+            "benchmarks/results/train_effnet_ham/{variant}/seed-{seed}.tsv"
+        wildcard_constraints:
+            variant="|".join(EFFNET_HAM_VARIANTS),
+            seed=r"[1-9]\d*",
+        params:
+            checkpoint_dir=lambda wc: f"{EFFNET_HAM_DIR}/checkpoints/{wc.variant}/seed-{wc.seed}",
+            run_info=seed_run_info,
+
     rule tabulate_effnet_ham:
         input:
-            metrics=expand(
-                f"{EFFNET_HAM_DIR}/models/{{variant}}/metrics.json",
-                variant=EFFNET_HAM_VARIANTS,
-            ),
+            metrics=[
+                f"{folder}/metrics.json"
+                for v in EFFNET_HAM_VARIANTS
+                for folder in seed_folders(f"{EFFNET_HAM_DIR}/models/{v}", EFFNET_HAM)
+            ],
         output:
             table=report(
                 f"{EFFNET_HAM_DIR}/tables/table01.csv",
@@ -100,7 +120,12 @@ if EFFNET_HAM:
             mem_mb=1000,
             runtime=5,
         params:
-            labels=[EFFNET_HAM["variants"][v]["label"] for v in EFFNET_HAM_VARIANTS],
+            # one label per metrics file: a variant's seeds share its label
+            labels=[
+                EFFNET_HAM["variants"][v]["label"]
+                for v in EFFNET_HAM_VARIANTS
+                for _ in seed_folders(v, EFFNET_HAM)
+            ],
             validation_rows=[
                 EFFNET_HAM["variants"][v]["label"]
                 for v in EFFNET_HAM_VARIANTS

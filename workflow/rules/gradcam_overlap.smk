@@ -82,6 +82,25 @@ if GRADCAM:
         script:
             "../../scripts/train_gradcam_overlap.py"
 
+    # Seeds 1..n_seeds-1 of a classifier (seed 0 is the rule above, the one Grad-CAM reads).
+    use rule train_gradcam_overlap as train_gradcam_overlap_seed with:
+        output:
+            model=f"{GRADCAM_DIR}/models/{{model}}/seed-{{seed}}/model.pt",
+            history=f"{GRADCAM_DIR}/models/{{model}}/seed-{{seed}}/history.csv",
+            predictions=f"{GRADCAM_DIR}/models/{{model}}/seed-{{seed}}/predictions.parquet",
+            metrics=f"{GRADCAM_DIR}/models/{{model}}/seed-{{seed}}/metrics.json",
+            run_info=f"{GRADCAM_DIR}/models/{{model}}/seed-{{seed}}/run_info.json",
+        log:
+            "logs/train_gradcam_overlap/{model}/seed-{seed}.log",
+        benchmark:
+            "benchmarks/results/train_gradcam_overlap/{model}/seed-{seed}.tsv"
+        wildcard_constraints:
+            model="|".join(GRADCAM_MODELS),
+            seed=r"[1-9]\d*",
+        params:
+            checkpoint_dir=lambda wc: f"{GRADCAM_DIR}/checkpoints/{wc.model}/seed-{wc.seed}",
+            run_info=seed_run_info,
+
     rule join_gradcam_overlap:
         input:
             task2=manifest("isic2018_task2"),
@@ -143,6 +162,12 @@ if GRADCAM:
                 model=GRADCAM_MODELS,
             ),
             tables=[t for m in GRADCAM_MODELS for t in gradcam_shards(m, "jaccard")],
+            # the further seeds' classifiers: table00 only (Grad-CAM reads the first seed's)
+            seed_predictions=[
+                f"{folder}/predictions.parquet"
+                for m in GRADCAM_MODELS
+                for folder in seed_folders(f"{GRADCAM_DIR}/models/{m}", GRADCAM)[1:]
+            ],
             paper_values=workflow_file("config/paper_values/gradcam_overlap.csv"),
         output:
             tables=[
@@ -175,6 +200,7 @@ if GRADCAM:
             models=GRADCAM_MODELS,
             labels={m: GRADCAM["models"][m]["label"] for m in GRADCAM_MODELS},
             n_shards=n_shards("isic2018_task2"),
+            n_seeds=GRADCAM.get("n_seeds", 1),
             example=GRADCAM["example"],
             tables_dir=lambda wc, output: str(Path(output.run_info).parent),
             run_info=run_info_params(),

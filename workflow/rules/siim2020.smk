@@ -137,9 +137,34 @@ if SIIM:
         script:
             "../../scripts/train_siim2020.py"
 
+    # Seeds 1..n_seeds-1 of a training (seed 0 is the rule above): seed-<i>/ under its folder.
+    use rule train_siim2020 as train_siim2020_seed with:
+        output:
+            model=f"{SIIM_DIR}/models/{{protocol}}/{{model}}/{{dataset}}/seed-{{seed}}/model.pt",
+            history=f"{SIIM_DIR}/models/{{protocol}}/{{model}}/{{dataset}}/seed-{{seed}}/history.csv",
+            predictions=f"{SIIM_DIR}/models/{{protocol}}/{{model}}/{{dataset}}/seed-{{seed}}/predictions.parquet",
+            metrics=f"{SIIM_DIR}/models/{{protocol}}/{{model}}/{{dataset}}/seed-{{seed}}/metrics.json",
+            run_info=f"{SIIM_DIR}/models/{{protocol}}/{{model}}/{{dataset}}/seed-{{seed}}/run_info.json",
+        log:
+            "logs/train_siim2020/{protocol}/{model}/{dataset}/seed-{seed}.log",
+        benchmark:
+            "benchmarks/results/train_siim2020/{protocol}/{model}/{dataset}/seed-{seed}.tsv"
+        wildcard_constraints:
+            protocol="patient|author_code",
+            model="|".join(SIIM_MODELS),
+            dataset="|".join(SIIM_DATASETS),
+            seed=r"[1-9]\d*",
+        params:
+            checkpoint_dir=lambda wc: f"{SIIM_DIR}/checkpoints/{wc.protocol}/{wc.model}/{wc.dataset}/seed-{wc.seed}",
+            run_info=seed_run_info,
+
     rule tabulate_siim2020:
         input:
-            metrics=[f"{siim_model_dir(*t)}/metrics.json" for t in siim_trainings()],
+            metrics=[
+                f"{folder}/metrics.json"
+                for t in siim_trainings()
+                for folder in seed_folders(siim_model_dir(*t), SIIM)
+            ],
             counts=expand(
                 f"{SIIM_DIR}/datasets/{{protocol}}/counts.json",
                 protocol=SIIM_PROTOCOLS,

@@ -17,6 +17,10 @@ reproduced value, and a *verdict* (:func:`verdict`, the one place verdicts are d
   the paper's CSV), never counted as agreement;
 - ``missing`` when the table has no such cell.
 
+Where a table aggregates trainings over seeds (a ``Seeds`` column above 1,
+:mod:`melrepro.report.seeds`), its interval columns are the Student-t 95 % interval of the mean
+over the seeds, and the row's reason says so.
+
 A paper value's precision is half a unit of its last printed digit, or the ``precision`` column
 of the paper's CSV where the paper states an approximate value ("around 55 %").
 
@@ -37,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from melrepro.data.archive_io import at_row, first_row
+from melrepro.report.seeds import SEEDS_COLUMN
 from melrepro.report.tables import ROW_SEPARATOR
 
 __all__ = [
@@ -366,6 +371,8 @@ def score_paper(
         if table is not None:
             low = lookup(table, record.row, f"{record.column} CI low")
             high = lookup(table, record.row, f"{record.column} CI high")
+        # rows aggregated over seeds (melrepro.report.seeds): the interval is over the seeds
+        seeds = None if table is None else lookup(table, record.row, SEEDS_COLUMN)
         if reproduced is None:
             logger.warning(
                 "no reproduced value for %s / %s / %s", record.artifact, record.row, record.column
@@ -388,6 +395,8 @@ def score_paper(
             real_data=data_source != "synthetic",
             by_construction=constructed,
         )
+        if record.quantity == "metric" and seeds is not None and seeds > 1:
+            reason += f"; interval: Student-t of the mean over {int(seeds)} seeds"
         rows.append(
             {
                 "artifact": record.artifact,

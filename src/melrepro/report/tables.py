@@ -54,8 +54,16 @@ def _has_named_index(df: pd.DataFrame) -> bool:
     return any(name is not None for name in df.index.names)
 
 
-def write_table(df: pd.DataFrame, csv_path: str | Path, *, title: str | None = None) -> Path:
+def write_table(
+    df: pd.DataFrame,
+    csv_path: str | Path,
+    *,
+    title: str | None = None,
+    markdown: pd.DataFrame | None = None,
+) -> Path:
     """Write ``df`` to ``csv_path`` and the same table to ``csv_path`` with suffix ``.md``.
+
+    ``markdown``: another view for the ``.md`` (``mean ± SD`` cells of a table over seeds).
 
     A named index (one level or several) is written as leading columns; it is what
     :func:`row_keys` joins into the row key the scorecard uses. Both files are written to a
@@ -72,7 +80,7 @@ def write_table(df: pd.DataFrame, csv_path: str | Path, *, title: str | None = N
     tmp_csv = csv_path.with_name(csv_path.name + ".tmp")
     tmp_md = md_path.with_name(md_path.name + ".tmp")
     df.to_csv(tmp_csv, index=_has_named_index(df))
-    text = (f"# {title}\n\n" if title else "") + _markdown(df)
+    text = (f"# {title}\n\n" if title else "") + _markdown(df if markdown is None else markdown)
     tmp_md.write_text(text, encoding="utf-8")
     tmp_md.replace(md_path)
     tmp_csv.replace(csv_path)

@@ -86,7 +86,8 @@ def tabulate_results(
     Parameters
     ----------
     metrics_paths : sequence of path
-        ``metrics.json`` of each variant, in table order.
+        ``metrics.json`` of each variant, in table order (several seeds of a variant: the
+        same label repeated; their rows become mean +- SD, the interval then over seeds).
     labels : sequence of str
         Row labels (``Baseline 1``...), same order.
     validation_rows : sequence of str
@@ -97,7 +98,7 @@ def tabulate_results(
         ``data_source``, ``seed``...: writes ``run_info.json`` beside the table, with the
         device and weights of every variant.
     """
-    from melrepro.report.tables import write_table
+    from melrepro.report.seeds import write_seed_table
 
     if len(metrics_paths) != len(labels):
         raise ValueError(f"{len(metrics_paths)} metrics files for {len(labels)} labels")
@@ -109,7 +110,8 @@ def tabulate_results(
         info = json.loads(Path(path).read_text(encoding="utf-8"))
         rows += _variant_rows(info, label, with_validation=label in validation_rows)
     table = pd.DataFrame(rows).set_index(["Model", "Protocol"])
-    write_table(
+    # one row set per variant and seed; write_seed_table folds the seeds into mean and SD
+    table = write_seed_table(
         table,
         output,
         title=(
@@ -119,6 +121,7 @@ def tabulate_results(
             "Youden's threshold chosen on validation (milestone 1, the paper's Baseline 1 "
             "numbers). n images, n malignant and Probability SD: the split the row scores"
         ),
+        metric_columns=[*METRIC_COLUMNS, "Threshold"],
     )
     if run_info is not None:
         from melrepro.report.runinfo import write_run_info
@@ -127,7 +130,7 @@ def tabulate_results(
         write_run_info(
             Path(output).parent,
             data_source=run_info["data_source"],
-            config={"variants": [i["variant"] for i in infos]},
+            config={"variants": list(dict.fromkeys(i["variant"] for i in infos))},
             seed=run_info.get("seed"),
             weights=sorted({i["weights"] for i in infos}),
             device=sorted({i["device"] for i in infos}),

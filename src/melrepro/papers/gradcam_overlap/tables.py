@@ -21,20 +21,28 @@ from melrepro.papers.gradcam_overlap.evaluate import (
     read_overlap_tables,
 )
 
-__all__ = ["tabulate"]
+__all__ = ["TABLE00_METRICS", "tabulate"]
+
+
+#: table00's columns that vary between seeds: mean +- SD when the classifiers train several seeds.
+TABLE00_METRICS = ("Accuracy", "Sensitivity", "Overall accuracy", "Balanced accuracy")
 
 
 def _table00(
-    predictions: Mapping[str, str | Path], labels: Mapping[str, str], models: list[str]
+    predictions: Mapping[str, str | Path],
+    labels: Mapping[str, str],
+    models: list[str],
+    seed_predictions: Mapping[str, Sequence[str | Path]],
 ) -> pd.DataFrame:
-    """Per-class test metrics of every model, one block per model."""
+    """Per-class test metrics of every model, one block per model and seed (first seed first)."""
     blocks = []
     for key in models:
-        preds = pd.read_parquet(predictions[key])
-        test = preds[preds["split"] == "test"]
-        block = class_metrics(test["label"], test["prediction"])
-        block.insert(0, "Model", labels[key])
-        blocks.append(block)
+        for path in [predictions[key], *seed_predictions.get(key, [])]:
+            preds = pd.read_parquet(path)
+            test = preds[preds["split"] == "test"]
+            block = class_metrics(test["label"], test["prediction"])
+            block.insert(0, "Model", labels[key])
+            blocks.append(block)
     return pd.concat(blocks, ignore_index=True).set_index(["Model", "Class"])
 
 
@@ -157,6 +165,7 @@ def tabulate(
     example: str,
     tables_dir: str | Path,
     run_info: Mapping[str, Any],
+    seed_predictions: Mapping[str, Sequence[str | Path]] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write table00-table06, the test-split supplements and fig04/fig05's Jaccard CSVs.
 
@@ -172,14 +181,19 @@ def tabulate(
         ``config/paper_values/gradcam_overlap.csv``: table06 flags paper U values above n1 n2.
     example : str
         The task-2 image of fig04/fig05 (``ISIC_0000013`` on the real data).
+    seed_predictions : model key -> predictions.parquet of its further seeds (n_seeds > 1)
+        table00 then reads mean +- SD over the seeds; Grad-CAM (table01-table06, fig04/fig05)
+        stays on the first seed's model, ``predictions``.
     """
     from melrepro.report.runinfo import write_run_info
     from melrepro.report.scorecard import read_paper_values
+    from melrepro.report.seeds import write_seed_table
     from melrepro.report.tables import write_table
 
     tables_dir = Path(tables_dir)
     models = list(predictions)
-    out: dict[str, pd.DataFrame] = {"table00": _table00(predictions, labels, models)}
+    table00 = _table00(predictions, labels, models, seed_predictions or {})
+    out: dict[str, pd.DataFrame] = {"table00": table00}
     overlap = {key: read_overlap_tables(overlap_tables_paths[key]) for key in models}
     out["table01"] = _table01(overlap, labels, models)
     _statistics_tables(overlap, labels, models, read_paper_values(paper_values_path), out)
@@ -191,6 +205,11 @@ def tabulate(
         title = titles.get(base, name)
         if name.endswith("_test"):
             title += " (supplement: only images in the classifier's test split)"
+        if name == "table00":  # the classifiers, over seeds where there are several
+            out[name] = write_seed_table(
+                df, tables_dir / f"{name}.csv", title=title, metric_columns=TABLE00_METRICS
+            )
+            continue
         write_table(df, tables_dir / f"{name}.csv", title=title)
     write_run_info(
         tables_dir,

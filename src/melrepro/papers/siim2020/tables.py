@@ -17,14 +17,17 @@ from melrepro.papers.siim2020.names import (
     PROTOCOLS,
 )
 
-__all__ = ["tabulate_table01", "tabulate_table02"]
+__all__ = ["SEED_METRICS", "tabulate_table01", "tabulate_table02"]
+
+#: table01's columns that vary between seeds: mean +- SD when a paper trains several seeds.
+SEED_METRICS = ("Threshold", "F1-Score", "ROC-AUC", "Recall", "Validation ROC-AUC")
 
 
 def tabulate_table01(
     metrics_paths: Sequence[str | Path], output: str | Path, *, run_info: Mapping | None = None
 ) -> pd.DataFrame:
     """table01: threshold, F1, ROC-AUC and recall of every training (base rows first)."""
-    from melrepro.report.tables import write_table
+    from melrepro.report.seeds import write_seed_table
 
     infos = [json.loads(Path(p).read_text(encoding="utf-8")) for p in metrics_paths]
     order = {
@@ -57,11 +60,13 @@ def tabulate_table01(
             }
         )
     table = pd.DataFrame(rows).set_index("Model")
-    write_table(
+    # one row per training and seed; write_seed_table folds the seeds into mean and SD
+    table = write_seed_table(
         table,
         output,
         title="Table 1. Base (and expert, author-protocol) models at the F1-optimal threshold "
         "with TPR in [0.8, 0.9] on the evaluation set",
+        metric_columns=SEED_METRICS,
     )
     if run_info is not None:
         from melrepro.report.runinfo import write_run_info
@@ -69,7 +74,7 @@ def tabulate_table01(
         write_run_info(
             Path(output).parent,
             data_source=run_info["data_source"],
-            config={"trainings": [i["label"] for i in infos]},
+            config={"trainings": list(dict.fromkeys(i["label"] for i in infos))},
             seed=run_info.get("seed"),
             weights=sorted({i["weights"] for i in infos}),
             device=sorted({i["device"] for i in infos}),
