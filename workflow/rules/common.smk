@@ -394,6 +394,8 @@ def siim_trainings():
             for m in SIIM.get("author_code_models", ["base"])
             for d in SIIM_DATASETS
         ]
+    if SIIM.get("label_shuffled_control", False):
+        out.append(("patient", SIIM_CONTROL_MODEL, "all"))
     return out
 
 
