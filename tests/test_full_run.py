@@ -123,6 +123,30 @@ def test_siim2020_key_table_discriminates(default_run):
     assert len(set(_siim_confusions(workdir))) > 1
 
 
+#: How far each effnet_ham test AUROC must lie above the label prior (0.5) and above the
+#: label-shuffled control: with 20 malignant among 60 test images, a classifier without signal
+#: has an AUROC SD of ~0.08 (Mann-Whitney); 0.15 is ~2 such SDs.
+EFFNET_HAM_AUC_MARGIN = 0.15
+
+
+def test_effnet_ham_key_table_discriminates(default_run):
+    """Check effnet_ham table01 is neither saturated nor trivial: no AUROC at 1.000, every run's
+    test AUROC above the label prior and the label-shuffled control by EFFNET_HAM_AUC_MARGIN."""
+    workdir = default_run
+    _needs(workdir, "results/effnet_ham/tables/table01.csv")
+    table = pd.read_csv(workdir / "results/effnet_ham/tables/table01.csv")
+    assert (table["AUROC"] < 0.9995).all(), table[["Model", "Protocol", "AUROC"]]
+    prior = table[table["Model"] == "Label prior (trivial baseline)"]
+    assert prior["AUROC"].tolist() == [0.5]
+    is_control = table["Model"] == "Baseline 2 (label-shuffled control)"
+    control = table.loc[is_control & (table["Protocol"] == "Youden (validation)"), "AUROC"].item()
+    runs = table[~is_control & (table["Model"] != prior["Model"].item())]
+    runs = runs[runs["Protocol"] == "Youden (validation)"]  # test AUROC (both protocols share it)
+    assert len(runs) == 5
+    assert (runs["AUROC"] >= 0.5 + EFFNET_HAM_AUC_MARGIN).all(), runs[["Model", "AUROC"]]
+    assert (runs["AUROC"] >= control + EFFNET_HAM_AUC_MARGIN).all(), (control, runs["AUROC"])
+
+
 # Tests of what each paper's key table can show go here, above the two that must come last.
 
 

@@ -335,7 +335,16 @@ def get_final_output():
 
 
 def effnet_ham_overrides(variant):
+    """The variant's recipe changes; the label-shuffled control trains like Baseline 2 (none)."""
+    if variant == EFFNET_HAM_CONTROL:
+        return {}
     return EFFNET_HAM["variants"][variant].get("overrides", {})
+
+
+def effnet_ham_label(variant):
+    if variant == EFFNET_HAM_CONTROL:
+        return "Baseline 2 (label-shuffled control)"
+    return EFFNET_HAM["variants"][variant]["label"]
 
 
 def effnet_ham_cache(wildcards):

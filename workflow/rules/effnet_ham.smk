@@ -5,6 +5,11 @@ import os
 
 EFFNET_HAM = config.get("effnet_ham", {})
 EFFNET_HAM_VARIANTS = list(EFFNET_HAM.get("variants", {}))
+# The label-shuffled control (label_shuffled_control): Baseline 2 on permuted training labels.
+EFFNET_HAM_CONTROL = "label_shuffled"
+EFFNET_HAM_TRAINED = EFFNET_HAM_VARIANTS + (
+    [EFFNET_HAM_CONTROL] if EFFNET_HAM.get("label_shuffled_control", False) else []
+)
 EFFNET_HAM_FIG = EFFNET_HAM.get("figures_variant", "baseline2")
 if EFFNET_HAM and EFFNET_HAM_FIG not in EFFNET_HAM_VARIANTS:
     raise WorkflowError(
@@ -54,7 +59,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/train_effnet_ham/{variant}.tsv"
         wildcard_constraints:
-            variant="|".join(EFFNET_HAM_VARIANTS),
+            variant="|".join(EFFNET_HAM_TRAINED),
         conda:
             "../../envs/torch.yaml"
         threads: EFFNET_HAM["threads"]
@@ -65,6 +70,7 @@ if EFFNET_HAM:
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),
+            label_shuffled=lambda wc: wc.variant == EFFNET_HAM_CONTROL,
             malignant_labels=EFFNET_HAM["malignant_labels"],
             # Not an output: Snakemake must not delete checkpoints when a job is killed.
             checkpoint_dir=lambda wc: f"{EFFNET_HAM_DIR}/checkpoints/{wc.variant}",
@@ -79,7 +85,7 @@ if EFFNET_HAM:
         input:
             metrics=expand(
                 f"{EFFNET_HAM_DIR}/models/{{variant}}/metrics.json",
-                variant=EFFNET_HAM_VARIANTS,
+                variant=EFFNET_HAM_TRAINED,
             ),
         output:
             table=report(
@@ -100,7 +106,7 @@ if EFFNET_HAM:
             mem_mb=1000,
             runtime=5,
         params:
-            labels=[EFFNET_HAM["variants"][v]["label"] for v in EFFNET_HAM_VARIANTS],
+            labels=[effnet_ham_label(v) for v in EFFNET_HAM_TRAINED],
             validation_rows=[
                 EFFNET_HAM["variants"][v]["label"]
                 for v in EFFNET_HAM_VARIANTS
