@@ -15,6 +15,7 @@ train_variant(
     variant=snakemake.wildcards.variant,
     recipe=snakemake.params.recipe,
     overrides=snakemake.params.overrides,
+    label_shuffled=snakemake.params.label_shuffled,
     malignant_labels=snakemake.params.malignant_labels,
     checkpoint_dir=snakemake.params.checkpoint_dir,
     model_path=snakemake.output.model,

@@ -173,9 +173,19 @@ def test_tiny_end_to_end(task3, tmp_path):
     row95 = table.loc[("Baseline 2", "95% specificity (test)")]
     assert row95["Recall"] == pytest.approx(t95["recall"])
     assert row95["n images"] == len(test)
+    models = table.drop(index=tables.LABEL_PRIOR[0], level="Model")
     for column in tables.METRIC_COLUMNS:
-        assert (table[f"{column} CI low"] <= table[column] + 1e-9).all()
-        assert (table[column] <= table[f"{column} CI high"] + 1e-9).all()
+        assert (models[f"{column} CI low"] <= models[column] + 1e-9).all()
+        assert (models[column] <= models[f"{column} CI high"] + 1e-9).all()
+    # the label prior: computed from the test labels (everything malignant), last row
+    prior = table.loc[tables.LABEL_PRIOR]
+    assert table.index[-1] == tables.LABEL_PRIOR
+    p = test["target"].mean()
+    assert prior["AUROC"] == 0.5
+    assert prior["Balanced accuracy"] == 0.5
+    assert prior["Recall"] == 1.0
+    assert prior["Macro-F1"] == pytest.approx(p / (1 + p))
+    assert prior["n images"] == len(test)
     assert (tmp_path / "table01.md").exists()
 
     counts = figures.plot_class_distribution(
@@ -260,7 +270,7 @@ def test_baseline1_row_reads_the_last_epochs_validation_metrics(task3, tmp_path)
     assert row["n malignant"] == int(y.sum())
     assert row["AUROC CI low"] <= row["AUROC"] <= row["AUROC CI high"]
     assert ("Baseline 2", label) not in table.index
-    assert len(table) == 2 * len(tables.PROTOCOLS) + 1
+    assert len(table) == 2 * len(tables.PROTOCOLS) + 2  # and the label prior
     best_not_last = json.loads((out / "metrics.json").read_text()) | {"best_epoch": 1}
     (tmp_path / "best.json").write_text(json.dumps(best_not_last))
     with pytest.raises(ValueError, match="last epoch"):
@@ -390,3 +400,25 @@ def test_augmentation_runs_where_the_config_says(task3, tmp_path, monkeypatch, a
     else:
         assert not calls
     assert info["probability_sd"]["test"] > 0
+
+
+def test_label_shuffled_control_permutes_only_the_training_targets():
+    """Check the control's frame: training targets permuted with the seed (same counts, not the
+    identity), validation and test targets and every other column untouched."""
+    from melrepro.papers.effnet_ham.train import _shuffle_training_targets
+
+    rng = np.random.default_rng(0)
+    split = np.repeat(["train", "val", "test"], [120, 30, 30])
+    frame = pd.DataFrame(
+        {"image_id": [f"ISIC_{i:07d}" for i in range(180)], "split": split,
+         "target": (rng.uniform(size=180) < 0.3).astype(int)}
+    )  # fmt: skip
+    original = frame.copy()
+    out = _shuffle_training_targets(frame, seed=5)
+    assert frame.equals(original)  # a copy: the caller's frame keeps its labels
+    train = frame["split"] == "train"
+    assert (out.loc[~train, "target"] == frame.loc[~train, "target"]).all()
+    assert out.loc[train, "target"].sum() == frame.loc[train, "target"].sum()
+    assert (out.loc[train, "target"] != frame.loc[train, "target"]).any()
+    assert out["image_id"].equals(frame["image_id"])
+    assert out["target"].equals(_shuffle_training_targets(frame, seed=5)["target"])

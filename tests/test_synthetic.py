@@ -392,6 +392,32 @@ def test_task3_difficulty_swaps_styles_across_malignancy_only() -> None:
         plan_dataset("isic2019", {**resolve_spec("isic2019", None), "difficulty": 0.1}, 7)
 
 
+def test_isic2020_difficulty_swaps_melanoma_and_benign_styles() -> None:
+    """Check isic2020 difficulty repaints that share of lesions across melanoma vs benign, with
+    ids, labels, patients, sex, age and the darker melanoma brightness of difficulty 0."""
+    from melrepro.data.synthetic.plan import plan_dataset
+
+    counts = {"train": {"melanoma": 80, "benign": 240}, "test": {"melanoma": 0, "benign": 0}}
+    base = resolve_spec("isic2020", {"counts": counts, "images_per_lesion": 1.0, "duplicates": 0})
+    assert base["difficulty"] == 0.0
+    plain = plan_dataset("isic2020", base, 7)
+    mixed = plan_dataset("isic2020", {**base, "difficulty": 0.3}, 7)
+
+    def facts(plans):
+        return [(p.image_id, p.label, p.patient_id, p.sex, p.age, p.scene) for p in plans]
+
+    assert facts(mixed) == facts(plain)
+    assert not any((p.style == "melanoma") != (p.label == "melanoma") for p in plain)
+    swapped = [(p.style == "melanoma") != (p.label == "melanoma") for p in mixed]
+    assert sum(swapped) / len(mixed) == pytest.approx(0.3, abs=0.08)
+    melanomas = [p for p in mixed if p.label == "melanoma"]
+    assert {p.style for p in melanomas if p.style != "melanoma"} <= {
+        "nevus",
+        "lentigo",
+        "seborrheic_keratosis",
+    }
+
+
 def test_difficulty_repaints_a_share_of_lesions_and_changes_nothing_else() -> None:
     """Check class overlap: isic2017 at difficulty 0.3 paints ~30 % of lesions in a confusable
     style and keeps the ids, labels, splits and scenes of difficulty 0."""

@@ -395,7 +395,16 @@ def get_final_output():
 
 
 def effnet_ham_overrides(variant):
+    """The variant's recipe changes; the label-shuffled control trains like Baseline 2 (none)."""
+    if variant == EFFNET_HAM_CONTROL:
+        return {}
     return EFFNET_HAM["variants"][variant].get("overrides", {})
+
+
+def effnet_ham_label(variant):
+    if variant == EFFNET_HAM_CONTROL:
+        return "Baseline 2 (label-shuffled control)"
+    return EFFNET_HAM["variants"][variant]["label"]
 
 
 def effnet_ham_cache(wildcards):
@@ -454,6 +463,8 @@ def siim_trainings():
             for m in SIIM.get("author_code_models", ["base"])
             for d in SIIM_DATASETS
         ]
+    if SIIM.get("label_shuffled_control", False):
+        out.append(("patient", SIIM_CONTROL_MODEL, "all"))
     return out
 
 

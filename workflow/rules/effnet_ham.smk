@@ -5,6 +5,21 @@ import os
 
 EFFNET_HAM = config.get("effnet_ham", {})
 EFFNET_HAM_VARIANTS = list(EFFNET_HAM.get("variants", {}))
+# The label-shuffled control (label_shuffled_control): Baseline 2 on permuted training labels.
+EFFNET_HAM_CONTROL = "label_shuffled"
+EFFNET_HAM_TRAINED = EFFNET_HAM_VARIANTS + (
+    [EFFNET_HAM_CONTROL] if EFFNET_HAM.get("label_shuffled_control", False) else []
+)
+
+
+def effnet_ham_seed_folders(variant):
+    """The training folders of ``variant``: its seeds (``n_seeds``); the control trains once."""
+    return seed_folders(
+        f"{EFFNET_HAM_DIR}/models/{variant}",
+        EFFNET_HAM if variant in EFFNET_HAM_VARIANTS else {},
+    )
+
+
 EFFNET_HAM_FIG = EFFNET_HAM.get("figures_variant", "baseline2")
 if EFFNET_HAM and EFFNET_HAM_FIG not in EFFNET_HAM_VARIANTS:
     raise WorkflowError(
@@ -54,7 +69,7 @@ if EFFNET_HAM:
         benchmark:
             "benchmarks/results/train_effnet_ham/{variant}.tsv"
         wildcard_constraints:
-            variant="|".join(EFFNET_HAM_VARIANTS),
+            variant="|".join(EFFNET_HAM_TRAINED),
         conda:
             "../../envs/torch.yaml"
         threads: EFFNET_HAM["threads"]
@@ -65,6 +80,7 @@ if EFFNET_HAM:
         params:
             recipe=EFFNET_HAM["recipe"],
             overrides=lambda wc: effnet_ham_overrides(wc.variant),
+            label_shuffled=lambda wc: wc.variant == EFFNET_HAM_CONTROL,
             malignant_labels=EFFNET_HAM["malignant_labels"],
             # Not an output: Snakemake must not delete checkpoints when a job is killed.
             checkpoint_dir=lambda wc: f"{EFFNET_HAM_DIR}/checkpoints/{wc.variant}",
@@ -98,8 +114,8 @@ if EFFNET_HAM:
         input:
             metrics=[
                 f"{folder}/metrics.json"
-                for v in EFFNET_HAM_VARIANTS
-                for folder in seed_folders(f"{EFFNET_HAM_DIR}/models/{v}", EFFNET_HAM)
+                for v in EFFNET_HAM_TRAINED
+                for folder in effnet_ham_seed_folders(v)
             ],
         output:
             table=report(
@@ -122,9 +138,9 @@ if EFFNET_HAM:
         params:
             # one label per metrics file: a variant's seeds share its label
             labels=[
-                EFFNET_HAM["variants"][v]["label"]
-                for v in EFFNET_HAM_VARIANTS
-                for _ in seed_folders(v, EFFNET_HAM)
+                effnet_ham_label(v)
+                for v in EFFNET_HAM_TRAINED
+                for _ in effnet_ham_seed_folders(v)
             ],
             validation_rows=[
                 EFFNET_HAM["variants"][v]["label"]

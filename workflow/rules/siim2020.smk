@@ -6,6 +6,8 @@ SIIM = config.get("siim2020", {})
 SIIM_DIR = "results/siim2020"
 SIIM_DATASETS = ["all", "small", "small3aug", "small5aug"]
 SIIM_MODELS = ["base", "sex", "brightness"]
+# The label-shuffled control: Base All on permuted training labels (label_shuffled_control).
+SIIM_CONTROL_MODEL = "base_shuffled"
 SIIM_PROTOCOLS = SIIM.get("protocols", ["patient"])
 SIIM_SPLIT = split_file("isic2020", "patient_85_15")
 SIIM_TEST_CSV = "resources/archives/isic2020/ISIC_2020_Test_Metadata.csv"
@@ -116,7 +118,7 @@ if SIIM:
             "benchmarks/results/train_siim2020/{protocol}/{model}/{dataset}.tsv"
         wildcard_constraints:
             protocol="patient|author_code",
-            model="|".join(SIIM_MODELS),
+            model="|".join([*SIIM_MODELS, SIIM_CONTROL_MODEL]),
             dataset="|".join(SIIM_DATASETS),
         conda:
             "../../envs/torch.yaml"
@@ -169,6 +171,10 @@ if SIIM:
                 f"{SIIM_DIR}/datasets/{{protocol}}/counts.json",
                 protocol=SIIM_PROTOCOLS,
             ),
+            # the reference row: logistic regression on age, sex and mean colour
+            manifest=manifest("isic2020"),
+            rows=f"{SIIM_DIR}/datasets/patient/rows.parquet",
+            brightness=siim_prepared("brightness"),
         output:
             table01=report(
                 f"{SIIM_DIR}/tables/table01.csv",
@@ -192,6 +198,7 @@ if SIIM:
             mem_mb=1000,
             runtime=5,
         params:
+            tpr_range=SIIM["tpr_range"],
             run_info=run_info_params(),
         script:
             "../../scripts/tabulate_siim2020.py"

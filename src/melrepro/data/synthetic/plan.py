@@ -105,17 +105,27 @@ _SEVERITY = ["melanoma", "scc", "bcc", "actinic_keratosis"]  # a patient's "wors
 #: ``difficulty`` (every dataset that has it): the probability that a lesion is painted in the
 #: style of a class on the other side of its paper's target, chosen at random among these styles.
 #: Labels, demographics and sites keep the true class. ISIC 2017 and the archive melanomas:
-#: melanoma vs nevus / seborrheic keratosis; HAM10000 (task 3): malignant vs benign classes.
+#: melanoma vs nevus / seborrheic keratosis; HAM10000 (task 3): malignant vs benign classes;
+#: ISIC 2020: melanoma vs the benign styles (the darker brightness of melanoma images, a label
+#: signal of paper 002, stays with the label).
 _MELANOMA_VS_REST = {
     "melanoma": ("nevus", "seborrheic_keratosis"),
     "nevus": ("melanoma",),
     "seborrheic_keratosis": ("melanoma",),
+}
+_MELANOMA_VS_BENIGN_2020 = {
+    "melanoma": ("nevus", "lentigo", "seborrheic_keratosis"),
+    "nevus": ("melanoma",),
+    "lentigo": ("melanoma",),
+    "seborrheic_keratosis": ("melanoma",),
+    "bkl": ("melanoma",),
 }
 _MALIGNANT_STYLES = ("melanoma", "bcc", "actinic_keratosis", "scc")
 _BENIGN_STYLES = ("nevus", "bkl", "lentigo", "dermatofibroma", "vascular")
 _CONFUSABLE = {
     "isic2017": _MELANOMA_VS_REST,
     "isic_archive_melanoma": _MELANOMA_VS_REST,
+    "isic2020": _MELANOMA_VS_BENIGN_2020,
     "isic2018_task3": {s: _BENIGN_STYLES for s in _MALIGNANT_STYLES}
     | {s: _MALIGNANT_STYLES for s in _BENIGN_STYLES},
 }

@@ -7,9 +7,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["METRIC_COLUMNS", "PROTOCOLS", "VALIDATION_PROTOCOL", "tabulate_results"]
+__all__ = [
+    "LABEL_PRIOR",
+    "METRIC_COLUMNS",
+    "PROTOCOLS",
+    "VALIDATION_PROTOCOL",
+    "label_prior_row",
+    "tabulate_results",
+]
 
 #: table01's metric columns (paper §4.1) and the keys of ``metrics.json`` they come from.
 METRIC_COLUMNS = {
@@ -33,6 +41,24 @@ VALIDATION_PROTOCOL = (
     "youden_val_on_val",
     "threshold",
 )
+
+
+#: (row label, protocol) of the label prior: computed from the test labels, never trained.
+LABEL_PRIOR = ("Label prior (trivial baseline)", "Constant score, everything malignant (test)")
+
+
+def label_prior_row(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The label prior on the test set of a variant's ``metrics.json``: one constant score
+    (AUROC 0.5), everything called malignant (recall 1, balanced accuracy 1/2 = 1/n_classes,
+    macro-F1 of that guess); no intervals (nothing is resampled)."""
+    from melrepro.methods.controls import label_prior_metrics
+
+    n, n_mal = int(info["n_images"]["test"]), int(info["n_malignant"]["test"])
+    prior = label_prior_metrics(np.r_[np.ones(n_mal, int), np.zeros(n - n_mal, int)])
+    row: dict[str, Any] = {"Model": LABEL_PRIOR[0], "Protocol": LABEL_PRIOR[1]}
+    for col, key in METRIC_COLUMNS.items():
+        row |= {col: prior[key], f"{col} CI low": np.nan, f"{col} CI high": np.nan}
+    return row | {"n images": n, "n malignant": n_mal, "Probability SD": 0.0}
 
 
 def _variant_rows(info: Mapping[str, Any], label: str, *, with_validation: bool) -> list[dict]:
@@ -74,7 +100,8 @@ def tabulate_results(
     validation_rows: Sequence[str] = (),
     run_info: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """table01: AUROC, balanced accuracy, macro-F1 and recall under both protocols.
+    """table01: AUROC, balanced accuracy, macro-F1 and recall under both protocols, then the
+    label prior of the test set (:func:`label_prior_row`).
 
     Two rows per variant (index ``Model, Protocol``): Youden's threshold from validation and
     the 95 %-specificity threshold from test (see :data:`PROTOCOLS`), each metric with its
@@ -109,6 +136,7 @@ def tabulate_results(
     for path, label in zip(metrics_paths, labels, strict=True):
         info = json.loads(Path(path).read_text(encoding="utf-8"))
         rows += _variant_rows(info, label, with_validation=label in validation_rows)
+    rows.append(label_prior_row(info))
     table = pd.DataFrame(rows).set_index(["Model", "Protocol"])
     # one row set per variant and seed; write_seed_table folds the seeds into mean and SD
     table = write_seed_table(
@@ -119,7 +147,8 @@ def tabulate_results(
             "on validation (the paper's text) and at 95 % specificity chosen on test (the "
             "authors' code); for Baseline 1 also the validation metrics of its last epoch at "
             "Youden's threshold chosen on validation (milestone 1, the paper's Baseline 1 "
-            "numbers). n images, n malignant and Probability SD: the split the row scores"
+            "numbers). n images, n malignant and Probability SD: the split the row scores. "
+            "The label-shuffled control and the label prior are no rows of the paper"
         ),
         metric_columns=[*METRIC_COLUMNS, "Threshold"],
     )

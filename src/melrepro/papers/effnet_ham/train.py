@@ -47,6 +47,16 @@ class _VariantData:
         return "device" if self.on_device else "loader"
 
 
+def _shuffle_training_targets(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """``frame`` with the targets of its training rows permuted (validation and test kept)."""
+    from melrepro.methods.controls import shuffled_labels
+
+    out = frame.copy()
+    train = (out["split"] == "train").to_numpy()
+    out.loc[train, "target"] = shuffled_labels(out.loc[train, "target"].to_numpy(), seed)
+    return out
+
+
 def _variant_data(
     frame: pd.DataFrame,
     images: dict[str, np.ndarray],
@@ -182,6 +192,7 @@ def train_variant(
     recipe: Mapping[str, Any],
     overrides: Mapping[str, Any] | None,
     malignant_labels: Sequence[str],
+    label_shuffled: bool = False,
     checkpoint_dir: str | Path,
     model_path: str | Path,
     history_path: str | Path,
@@ -210,6 +221,9 @@ def train_variant(
         Baseline 2 recipe and the variant's changes (see
         :func:`melrepro.papers.effnet_ham.datasets.split_options`).
     malignant_labels : sequence of str
+    label_shuffled : bool
+        Train on the training labels under a seeded permutation (validation and test labels
+        true): the label-shuffled control.
     checkpoint_dir : path
         Per-epoch checkpoints (not a Snakemake output, so they survive a killed job).
     model_path, history_path, predictions_path, metrics_path : path
@@ -251,6 +265,8 @@ def train_variant(
         threads=threads,
         num_workers=num_workers,
     )
+    if label_shuffled:
+        frame = _shuffle_training_targets(frame, options.seed)
     data = _variant_data(frame, images, pre, options, augment_on)
     logger.info(
         "Variant %s: %s; preprocessing %s; augmentation in the %s",

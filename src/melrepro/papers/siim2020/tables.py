@@ -23,10 +23,49 @@ __all__ = ["SEED_METRICS", "tabulate_table01", "tabulate_table02"]
 SEED_METRICS = ("Threshold", "F1-Score", "ROC-AUC", "Recall", "Validation ROC-AUC")
 
 
+def _reference_rows(
+    infos: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The label prior of each protocol's evaluation set, then ``references`` (computed rows,
+    e.g. :func:`~melrepro.papers.siim2020.baselines.metadata_logistic_row`)."""
+    from melrepro.papers.siim2020.baselines import label_prior_row
+
+    first = {}
+    for i in infos:
+        first.setdefault(i["protocol"], i)
+    rows = []
+    for ref in [*(label_prior_row(i) for i in first.values()), *references]:
+        rows.append(
+            {
+                "Model": ref["label"],
+                "Threshold": round(ref["threshold"], 4),
+                "F1-Score": round(ref["f1"], 4),
+                "ROC-AUC": round(ref["auroc"], 4),
+                "Recall": round(ref["recall"], 4),
+                "Threshold rule": ref["threshold_rule"],
+                "Protocol": ref["protocol"],
+                "Evaluation images": ref["n_eval"],
+                "Evaluation melanomas": ref["n_eval_melanomas"],
+                "Evaluation prevalence %": round(
+                    100 * ref["n_eval_melanomas"] / max(ref["n_eval"], 1), 2
+                ),
+                "Training images": ref.get("n_train"),
+                "Weights": "none (computed)",
+            }
+        )
+    return rows
+
+
 def tabulate_table01(
-    metrics_paths: Sequence[str | Path], output: str | Path, *, run_info: Mapping | None = None
+    metrics_paths: Sequence[str | Path],
+    output: str | Path,
+    *,
+    references: Sequence[Mapping[str, Any]] = (),
+    run_info: Mapping | None = None,
 ) -> pd.DataFrame:
-    """table01: threshold, F1, ROC-AUC and recall of every training (base rows first)."""
+    """table01: threshold, F1, ROC-AUC and recall of every training (base rows first; the
+    label-shuffled control after the models of its protocol), then the reference rows: the label
+    prior of each protocol and ``references``."""
     from melrepro.report.seeds import write_seed_table
 
     infos = [json.loads(Path(p).read_text(encoding="utf-8")) for p in metrics_paths]
@@ -59,13 +98,16 @@ def tabulate_table01(
                 "Weights": i["weights"],
             }
         )
+    rows += _reference_rows(infos, references)
     table = pd.DataFrame(rows).set_index("Model")
     # one row per training and seed; write_seed_table folds the seeds into mean and SD
     table = write_seed_table(
         table,
         output,
         title="Table 1. Base (and expert, author-protocol) models at the F1-optimal threshold "
-        "with TPR in [0.8, 0.9] on the evaluation set",
+        "with TPR in [0.8, 0.9] on the evaluation set; the label-shuffled control and the "
+        "computed reference rows (label prior, logistic regression on age, sex and mean colour) "
+        "are no rows of the paper",
         metric_columns=SEED_METRICS,
     )
     if run_info is not None:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from melrepro.papers.siim2020.evaluate import choose_threshold, evaluate_at
 from melrepro.papers.siim2020.images import augment_copy, load_images
-from melrepro.papers.siim2020.names import row_label
+from melrepro.papers.siim2020.names import CONTROL_MODEL, row_label
 
 if TYPE_CHECKING:  # torch is imported lazily: table and figure jobs start without it
     import torch
@@ -33,6 +33,11 @@ if TYPE_CHECKING:  # torch is imported lazily: table and figure jobs start witho
 __all__ = ["train_model_on"]
 
 logger = logging.getLogger(__name__)
+
+
+def _architecture(model: str) -> str:
+    """The network of ``model``: the label-shuffled control is the base model."""
+    return "base" if model == CONTROL_MODEL else model
 
 
 def _metadata(frame: pd.DataFrame, model: str, sites: Sequence[str]) -> np.ndarray:
@@ -358,7 +363,8 @@ def train_model_on(
         The isic2020 manifest, :func:`~melrepro.papers.siim2020.datasets.write_datasets` outputs,
         :func:`~melrepro.papers.siim2020.images.prepare_images` shards.
     protocol, model, dataset : str
-        ``patient``/``author_code``; ``base``/``sex``/``brightness``; one of
+        ``patient``/``author_code``; ``base``/``sex``/``brightness`` (or ``base_shuffled``, the
+        base model trained on permuted training labels: the label-shuffled control); one of
         :data:`~melrepro.papers.siim2020.names.DATASETS`.
     train : mapping
         :class:`~melrepro.methods.training.TrainOptions` keys (BCE, Adam, cosine...).
@@ -392,8 +398,12 @@ def train_model_on(
         sites=sites,
         seed=seed,
     )
+    if model == CONTROL_MODEL:  # the base model on permuted training labels (validation true)
+        from melrepro.methods.controls import shuffled_labels
+
+        sets.train.labels = shuffled_labels(sets.train.labels, seed)
     threshold_b = float(counts["brightness_threshold"])
-    spec = _model_spec(model, sets.test_meta, threshold_b, head)
+    spec = _model_spec(_architecture(model), sets.test_meta, threshold_b, head)
     result, p_val, p_eval, p_test = _train_and_predict(
         sets,
         spec,
@@ -405,7 +415,9 @@ def train_model_on(
     threshold, rule, scores, val_auroc = _threshold_and_scores(
         sets, p_val, p_eval, tpr_range, dataset
     )
-    routing = _expert_routing(result.model, sets.eval, model, torch.device(result.device))
+    routing = _expert_routing(
+        result.model, sets.eval, _architecture(model), torch.device(result.device)
+    )
     metrics = _metrics_info(
         protocol=protocol,
         model=model,
