@@ -17,6 +17,7 @@ from melrepro.report.scorecard import score_paper
 from melrepro.report.seeds import (
     SEED_STRIDE,
     aggregate_seeds,
+    seeds_markdown,
     training_seed,
     write_seed_table,
 )
@@ -62,6 +63,20 @@ def test_aggregate_seeds_means_sds_and_intervals():
     assert table["Seeds"].tolist() == [3, 3]
 
 
+def test_rows_computed_once_stand_beside_seeded_rows():
+    """Check a reference row (one value) keeps its value with Seeds 1 and no SD; 2 vs 3 seeds fails."""
+    rows = [{"Model": "A", "AUC": v} for v in (0.7, 0.8, 0.75)] + [{"Model": "prior", "AUC": 0.5}]
+    table = aggregate_seeds(pd.DataFrame(rows).set_index("Model"), ["AUC"])
+    assert table.loc["A", "AUC"] == pytest.approx(0.75)
+    assert table.loc["prior", "AUC"] == 0.5
+    assert np.isnan(table.loc["prior", "AUC SD"])
+    assert table["Seeds"].tolist() == [3, 1]
+    assert seeds_markdown(table, ["AUC"]).loc["prior", "AUC"] == "0.5"
+    uneven = rows + [{"Model": "B", "AUC": v} for v in (0.6, 0.65)]
+    with pytest.raises(ValueError, match="unequal numbers of seeds"):
+        aggregate_seeds(pd.DataFrame(uneven).set_index("Model"), ["AUC"])
+
+
 def test_one_seed_tables_are_written_unchanged(tmp_path):
     """Check a table without repeated keys keeps its bytes; one with them gets mean +- SD cells."""
     from melrepro.report.tables import write_table
@@ -83,7 +98,7 @@ def test_one_seed_tables_are_written_unchanged(tmp_path):
     assert csv["AUC SD"].tolist() == pytest.approx([0.1 / math.sqrt(2)] * 2)
     assert written["Seeds"].tolist() == [2, 2]
     with pytest.raises(ValueError, match="unequal numbers of seeds"):
-        aggregate_seeds(pd.concat([single, single.iloc[:1]]), ["AUC"])
+        aggregate_seeds(pd.concat([single, single, single.iloc[:1]]), ["AUC"])
 
 
 def _siim_metrics(tmp_path, seed: int, f1: float) -> str:
@@ -118,7 +133,8 @@ def test_siim2020_table01_over_seeds(tmp_path):
     paths = [_siim_metrics(tmp_path, s, v) for s, v in enumerate(f1)]
     table = tabulate_table01(paths, tmp_path / "table01.csv")
     row = pd.read_csv(tmp_path / "table01.csv").set_index("Model").loc["Base Small"]
-    assert len(table) == 1
+    # the seeds fold into one row; the computed label prior stands beside it, once
+    assert table["Seeds"].to_dict() == {"Base Small": 3, "Label prior (trivial baseline)": 1}
     assert row["F1-Score"] == pytest.approx(np.mean(f1))
     assert row["F1-Score SD"] == pytest.approx(np.std(f1, ddof=1))
     assert (row["F1-Score CI low"], row["F1-Score CI high"]) == pytest.approx(_t_interval(f1))
@@ -197,7 +213,7 @@ def test_dry_run_real_config_plans_three_seeds_per_model(tmp_path):
         assert jobs[f"{rule}_seed"] == 2 * first, rule
     assert jobs["compute_gradcam_overlap"] == 2 * 9  # the first seed's classifiers only
     default = _jobs(snakemake("-n", "--quiet", "rules", cwd=workdir).stdout)
-    assert default["train_siim2020"] == 16
+    assert default["train_siim2020"] == 16 + 1  # the paper's 16 + the label-shuffled control
     assert not any(name.endswith("_seed") for name in default)
 
 

@@ -49,19 +49,21 @@ def aggregate_seeds(table: pd.DataFrame, metric_columns: Sequence[str]) -> pd.Da
     (sample SD, ddof 1) and ``<c> CI low`` / ``<c> CI high`` (Student-t 95 % interval of the
     mean; these replace any per-seed interval columns); ``Seeds`` (last) counts the rows. Every
     other column is the first seed's. A table whose keys are all unique (one seed) comes back
-    unchanged, so one-seed tables keep their bytes.
+    unchanged, so one-seed tables keep their bytes. Rows computed or trained once (reference
+    rows, label-shuffled controls) may stand beside the seeded ones: their ``Seeds`` is 1, their
+    SD and interval empty.
 
     Raises
     ------
     ValueError
-        Keys with different numbers of rows (a seed missing for some model).
+        Keys with different numbers of rows other than 1 (a seed missing for some model).
     """
     if table.index.is_unique:
         return table
     levels = list(range(table.index.nlevels))
     groups = table.groupby(level=levels, sort=False)
     sizes = groups.size()
-    if sizes.nunique() != 1:
+    if sizes[sizes > 1].nunique() != 1:
         raise ValueError(f"unequal numbers of seeds per row: {sizes.to_dict()}")
     out = table[~table.index.duplicated(keep="first")].copy()
     for column in metric_columns:
@@ -78,7 +80,7 @@ def aggregate_seeds(table: pd.DataFrame, metric_columns: Sequence[str]) -> pd.Da
                 out = out.drop(columns=name)
             out.insert(position, name, series.reindex(out.index).to_numpy())
             position += 1
-    out[SEEDS_COLUMN] = int(sizes.iloc[0])
+    out[SEEDS_COLUMN] = sizes.reindex(out.index).astype(int).to_numpy()
     return out
 
 
@@ -88,7 +90,8 @@ def seeds_markdown(table: pd.DataFrame, metric_columns: Sequence[str]) -> pd.Dat
     for column in metric_columns:
         mean, sd = view[column].astype(float), view[f"{column} SD"].astype(float)
         view[column] = [
-            "" if np.isnan(m) else f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, sd, strict=True)
+            "" if np.isnan(m) else f"{m:.4g}" if np.isnan(s) else f"{m:.4g} ± {s:.2g}"
+            for m, s in zip(mean, sd, strict=True)
         ]
         view = view.drop(columns=f"{column} SD")
     return view
@@ -115,7 +118,7 @@ def write_seed_table(
     if SEEDS_COLUMN not in table.columns:
         write_table(table, output, title=title)
         return table
-    n_seeds = int(table[SEEDS_COLUMN].iloc[0])
+    n_seeds = int(table[SEEDS_COLUMN].max())
     write_table(
         table,
         output,
