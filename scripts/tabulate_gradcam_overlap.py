@@ -15,4 +15,5 @@ tabulate(
     example=snakemake.params.example,
     tables_dir=snakemake.params.tables_dir,
     run_info=snakemake.params.run_info,
+    controls=snakemake.params.controls,
 )
