@@ -408,6 +408,14 @@ def test_cell_oracle_jaccard_equals_enumeration_of_every_union(seed):
             assert np.all(j <= got[k] + 1e-12)
     white = saliency.cell_white_jaccard(pixels, counts)
     np.testing.assert_allclose(white, masks.mean(axis=(1, 2)))
+    # cells of very different sizes (as the API allows): density and count orders differ
+    uneven = rng.integers(1, 60, grid)
+    inside = (rng.uniform(size=(5, *grid)) * (uneven + 1)).astype(int) * (
+        rng.uniform(size=grid) < 0.7
+    )
+    got = saliency.cell_oracle_jaccard(uneven, inside)
+    for k in range(5):
+        assert got[k] == pytest.approx(_brute_force_oracle(uneven, inside[k]), abs=1e-12)
 
 
 def test_cell_oracle_jaccard_of_known_masks():
