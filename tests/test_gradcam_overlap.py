@@ -838,3 +838,65 @@ def test_overlap_tables_bound_columns_are_means_over_the_rows_images():
     line = result["groups"].loc["NV-wrong"]
     assert line["Oracle J-mean"] == pytest.approx(group["oracle__union"].mean())
     assert line["All-white J-mean"] == pytest.approx(group["white__union"].mean())
+
+
+def _random_overlap_table(rng: np.random.Generator, n: int, scale: float) -> pd.DataFrame:
+    """A per-image overlap table of :func:`compute_overlap`'s layout with random Jaccards."""
+    labels = rng.choice(["MEL", "NV", "BCC"], n)
+    table = pd.DataFrame(
+        {
+            "image_id": [f"ISIC_{i:07d}" for i in range(n)],
+            "isic2019_id": [f"ISIC_{i:07d}" for i in range(n)],
+            "label": labels,
+            "isic2019_split": rng.choice(["train", "test"], n),
+            "predicted": rng.choice(["MEL", "NV"], n),
+            "constant_map": False,
+        }
+    )
+    table["correct"] = table["predicted"] == table["label"]
+    for ch in CHANNELS:
+        table[f"has__{ch}"] = True
+        table[f"oracle__{ch}"] = 0.5
+        table[f"white__{ch}"] = 0.1
+        for t in THRESHOLDS:
+            table[f"J__{ch}__{t:.1f}"] = rng.uniform(0, scale, n)
+    return table
+
+
+def test_tabulate_adds_each_control_to_table00_and_its_models_table(tmp_path):
+    """Check a label-shuffled control adds a marked table00 block and a marked union row to its
+    own model's table (table02 for VGG16) only, with the control's numbers, not the model's."""
+    from melrepro.papers.gradcam_overlap.tables import CONTROL_SUFFIX, tabulate
+
+    rng = np.random.default_rng(5)
+    keys = {"vgg16": 0.6, "resnet50": 0.6, "vgg16_label_shuffled": 0.1}
+    predictions, overlap = {}, {}
+    for key, scale in keys.items():
+        preds = pd.DataFrame(
+            {"image_id": ["a", "b", "c"], "label": ["MEL", "NV", "NV"], "split": "test"}
+        )
+        preds["prediction"] = ["MEL", "NV", "MEL"] if scale > 0.5 else ["NV", "MEL", "MEL"]
+        predictions[key] = tmp_path / f"{key}.parquet"
+        preds.to_parquet(predictions[key])
+        overlap[key] = [tmp_path / f"{key}-000.parquet"]
+        _random_overlap_table(rng, 30, scale).to_parquet(overlap[key][0])
+    out = tabulate(
+        predictions,
+        overlap,
+        {"vgg16": "VGG16", "resnet50": "RESNET50"},
+        paper_values_path="config/paper_values/gradcam_overlap.csv",
+        example="ISIC_0000001",
+        tables_dir=tmp_path / "tables",
+        run_info={"data_source": "synthetic", "seed": 1},
+        controls={"vgg16_label_shuffled": "vgg16"},
+    )
+    control = "Union" + CONTROL_SUFFIX
+    assert control in out["table02"].index
+    assert control not in out["table03"].index
+    assert out["table02"].loc[control, "J-mean"] < 0.1 < out["table02"].loc["Union", "J-mean"]
+    assert out["table02"].loc[control, "Oracle J-mean"] == 0.5
+    models = out["table00"].index.get_level_values("Model")
+    assert list(dict.fromkeys(models)) == ["VGG16", "RESNET50", "VGG16" + CONTROL_SUFFIX]
+    assert out["table00"].loc[("VGG16" + CONTROL_SUFFIX, "All"), "Overall accuracy"] == 0.0
+    assert out["table00"].loc[("VGG16", "All"), "Overall accuracy"] == 2 / 3
+    assert (tmp_path / "tables/table02.csv").exists()
