@@ -208,6 +208,36 @@ def test_effnet_ham_key_table_discriminates(default_run):
     assert (runs["AUROC"] >= control + EFFNET_HAM_AUC_MARGIN).all(), (control, runs["AUROC"])
 
 
+#: Union J-mean a gradcam_overlap model must exceed the all-white map's and its label-shuffled
+#: control's by: ~2.5 standard errors of a mean over the twin's ~40 MEL/NV task-2 images (per-image
+#: union Jaccard SD ~0.06), and ~6 % of the twin's gap between all-white (~0.08) and the 7x7
+#: oracle ceiling (~0.40).
+GRADCAM_JACCARD_MARGIN = 0.02
+
+
+def test_gradcam_overlap_key_table_discriminates(default_run):
+    """Check each model's union Jaccard (table02/table03) beats the all-white map and its
+    label-shuffled control by GRADCAM_JACCARD_MARGIN and stays below the oracle ceiling, and no
+    model's overall or balanced accuracy (table00) is 1.000."""
+    workdir = default_run
+    tables = workdir / "results/gradcam_overlap/tables"
+    _needs(workdir, *(f"results/gradcam_overlap/tables/table0{k}.csv" for k in (0, 2, 3)))
+    table00 = pd.read_csv(tables / "table00.csv").set_index(["Model", "Class"])
+    for model in ("VGG16", "RESNET50"):
+        overall = table00.loc[(model, "All")]
+        assert overall["Overall accuracy"] < 1.0, model
+        assert overall["Balanced accuracy"] < 1.0, model
+    for table_id, model in (("table02", "VGG16"), ("table03", "RESNET50")):
+        table = pd.read_csv(tables / f"{table_id}.csv").set_index("Feature")
+        union = table.loc["Union"]
+        control = table.loc["Union (label-shuffled control)"]
+        assert union["J-mean"] >= union["All-white J-mean"] + GRADCAM_JACCARD_MARGIN, model
+        assert union["J-mean"] >= control["J-mean"] + GRADCAM_JACCARD_MARGIN, model
+        assert union["J-mean"] <= union["Oracle J-mean"], model
+        # the ceiling can resolve the union at all (the 64 px ResNet50 grid of 2x2 could not)
+        assert union["Oracle J-mean"] >= 2 * union["All-white J-mean"], model
+
+
 # Tests of what each paper's key table can show go here, above the two that must come last.
 
 

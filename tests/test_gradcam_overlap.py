@@ -19,9 +19,14 @@ from melrepro.data.cellcounts import (
 )
 from melrepro.data.splits import class_floor_split, make_split
 from melrepro.methods import saliency, training
-from melrepro.papers.gradcam_overlap import CLASSES, THRESHOLDS
-from melrepro.papers.gradcam_overlap.datasets import class_weights, join_task2
+from melrepro.papers.gradcam_overlap import CLASSES, FEATURE_LABELS, THRESHOLDS
+from melrepro.papers.gradcam_overlap.datasets import (
+    class_weights,
+    join_task2,
+    shuffle_train_labels,
+)
 from melrepro.papers.gradcam_overlap.evaluate import (
+    BOUND_COLUMNS,
     best_threshold,
     class_metrics,
     jaccard_stats,
@@ -372,6 +377,66 @@ def test_map_equal_to_cell_aligned_mask_gives_jaccard_one():
     assert np.isnan(empty).all()
 
 
+def _brute_force_oracle(pixels: np.ndarray, mask: np.ndarray) -> float:
+    """The best Jaccard over every non-empty union of cells, by enumeration."""
+    n, m = pixels.ravel(), mask.ravel()
+    best = 0.0
+    for bits in range(1, 2**n.size):
+        chosen = (bits >> np.arange(n.size)) & 1 == 1
+        inter = m[chosen].sum()
+        best = max(best, inter / (n[chosen].sum() + m.sum() - inter))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cell_oracle_jaccard_equals_enumeration_of_every_union(seed):
+    """Check the oracle ceiling equals the best of all 2^12 - 1 unions of a 3x4 grid, built from
+    real pixel masks, and is never below any thresholded map's Jaccard; all-white = mask share."""
+    rng = np.random.default_rng(seed)
+    height, width, grid = 37, 45, (3, 4)
+    # blobs of different density per cell, so the best union is neither one cell nor all
+    density = rng.uniform(size=grid) ** 3
+    up = density[cell_index(height, 3)][:, cell_index(width, 4)]
+    masks = np.stack([rng.uniform(size=(height, width)) < up * f for f in (1.0, 0.3)])
+    pixels = np.outer(cell_sizes(height, 3), cell_sizes(width, 4))
+    counts = np.stack([mask_cell_counts(m, grid) for m in masks])
+    got = saliency.cell_oracle_jaccard(pixels, counts)
+    for k in range(2):
+        assert got[k] == pytest.approx(_brute_force_oracle(pixels, counts[k]), abs=1e-12)
+        for _ in range(20):  # random maps at every threshold stay at or below the ceiling
+            j = saliency.cell_jaccard(rng.uniform(size=grid), pixels, counts[k], THRESHOLDS)
+            assert np.all(j <= got[k] + 1e-12)
+    white = saliency.cell_white_jaccard(pixels, counts)
+    np.testing.assert_allclose(white, masks.mean(axis=(1, 2)))
+    # cells of very different sizes (as the API allows): density and count orders differ
+    uneven = rng.integers(1, 60, grid)
+    inside = (rng.uniform(size=(5, *grid)) * (uneven + 1)).astype(int) * (
+        rng.uniform(size=grid) < 0.7
+    )
+    got = saliency.cell_oracle_jaccard(uneven, inside)
+    for k in range(5):
+        assert got[k] == pytest.approx(_brute_force_oracle(uneven, inside[k]), abs=1e-12)
+
+
+def test_cell_oracle_jaccard_of_known_masks():
+    """Check masks whose ceiling is known by hand: a cell-aligned mask reaches 1, a mask filling
+    half of one cell reaches 1/2 (that cell alone), an empty mask gives NaN."""
+    height, width, grid = 40, 60, (4, 6)
+    pixels = np.outer(cell_sizes(height, 4), cell_sizes(width, 6))  # 10 x 10 pixels per cell
+    aligned = np.zeros((height, width), bool)
+    aligned[10:30, 20:40] = True
+    half = np.zeros((height, width), bool)
+    half[10:15, 20:30] = True  # the upper half of cell (1, 2)
+    counts = np.stack([mask_cell_counts(m, grid) for m in (aligned, half)])
+    got = saliency.cell_oracle_jaccard(pixels, counts)
+    assert got[0] == 1.0
+    assert got[1] == 0.5
+    assert np.isnan(saliency.cell_oracle_jaccard(pixels, np.zeros(grid, int)))
+    np.testing.assert_allclose(saliency.cell_white_jaccard(pixels, counts), [400 / 2400, 50 / 2400])
+    with pytest.raises(ValueError, match="more mask pixels"):
+        saliency.cell_oracle_jaccard(pixels, pixels + 1)
+
+
 def test_count_cells_on_twin_matches_masks(tiny_archives, tmp_path):
     """Check the cell-count product of the task-2 twin sums to each mask's area and the union's."""
     from melrepro.data.archive_io import ArchiveFolder
@@ -514,8 +579,11 @@ def _oracle_table(counts: dict, labels: dict, source: dict | None = None) -> pd.
             "correct": True,
             "isic2019_split": "train",
         }
+        ceiling = saliency.cell_oracle_jaccard(pixels, masks)
+        white = saliency.cell_white_jaccard(pixels, masks)
         for k, ch in enumerate(CHANNELS):
             row[f"has__{ch}"] = bool(masks[k].sum() > 0)
+            row[f"oracle__{ch}"], row[f"white__{ch}"] = ceiling[k], white[k]
             for j, t in enumerate(THRESHOLDS):
                 row[f"J__{ch}__{t:.1f}"] = jac[k, j]
         rows.append(row)
@@ -543,6 +611,9 @@ def test_end_to_end_oracle_saliency_on_twin(tiny_archives, tmp_path):
     other = dict(zip(ids, ids[1:] + ids[:1], strict=True))
     wrong = overlap_tables(_oracle_table(counts, labels, other))["features"].loc["Union"]
     assert wrong["J-mean"] < 0.5 * union["J-mean"]
+    # the ceiling column bounds the oracle map's J-mean; the all-white column is J at 0.0
+    assert union["All-white J-mean"] < union["J-mean"] <= union["Oracle J-mean"] + 1e-12
+    assert wrong["Oracle J-mean"] == union["Oracle J-mean"]
 
 
 def test_vgg16_bn_checkpoint_reloads_from_its_metrics(tmp_path):
@@ -702,3 +773,130 @@ def test_train_classifier_reads_the_test_images_only_after_training(tmp_path, mo
     assert events[2][1] == test_ids
     preds = pd.read_parquet(out / "predictions.parquet")
     assert sorted(preds["image_id"]) == sorted(ids[32:])
+
+
+# ---- label-shuffled control -------------------------------------------------------------------
+
+
+def test_shuffle_train_labels_permutes_the_training_split_only():
+    """Check the control's labels: training labels permuted (same counts, seeded, most moved),
+    validation and test rows untouched, y kept in step with label."""
+    rng = np.random.default_rng(0)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"ISIC_{i:07d}" for i in range(n)],
+            "label": rng.choice(CLASSES, n),
+            "split": rng.choice(["train", "val", "test"], n, p=[0.8, 0.1, 0.1]),
+        }
+    )
+    frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)})
+    original = frame.copy()
+    shuffled = shuffle_train_labels(frame, seed=7)
+    train = frame["split"] == "train"
+    pd.testing.assert_frame_equal(shuffled[~train], frame[~train])
+    assert (shuffled["image_id"] == frame["image_id"]).all()
+    assert sorted(shuffled.loc[train, "label"]) == sorted(frame.loc[train, "label"])
+    assert (shuffled["y"] == shuffled["label"].map({c: i for i, c in enumerate(CLASSES)})).all()
+    # 8 classes: a permutation keeps ~1/4 of the labels by chance (prior 0.22), not most
+    assert (shuffled.loc[train, "label"] == frame.loc[train, "label"]).mean() < 0.4
+    pd.testing.assert_frame_equal(shuffle_train_labels(frame, seed=7), shuffled)
+    assert not shuffle_train_labels(frame, seed=8).equals(shuffled)
+    pd.testing.assert_frame_equal(frame, original)  # the input is not modified
+    assert shuffled.attrs["shuffled"]
+    assert not frame.attrs.get("shuffled")
+
+
+def test_overlap_tables_bound_columns_are_means_over_the_rows_images():
+    """Check Oracle/All-white J-mean of tables 2-5 average the per-image columns of exactly the
+    rows each line covers (images with the feature; the MEL/NV x correct/wrong groups)."""
+    rng = np.random.default_rng(3)
+    n = 40
+    table = pd.DataFrame(
+        {
+            "image_id": [f"I{i}" for i in range(n)],
+            "label": rng.choice(["MEL", "NV"], n),
+            "correct": rng.uniform(size=n) < 0.5,
+            "isic2019_split": "train",
+        }
+    )
+    for ch in CHANNELS:
+        has = rng.uniform(size=n) < (1.0 if ch == "union" else 0.6)
+        table[f"has__{ch}"] = has
+        table[f"oracle__{ch}"] = np.where(has, rng.uniform(0.3, 0.9, n), np.nan)
+        table[f"white__{ch}"] = np.where(has, rng.uniform(0.0, 0.2, n), np.nan)
+        for t in THRESHOLDS:
+            table[f"J__{ch}__{t:.1f}"] = np.where(has, rng.uniform(0, 0.3, n), np.nan)
+    result = overlap_tables(table)
+    assert set(BOUND_COLUMNS) <= set(result["features"].columns)
+    for ch in CHANNELS:
+        rows = table[table[f"has__{ch}"]]
+        line = result["features"].loc[FEATURE_LABELS[ch]]
+        assert line["Oracle J-mean"] == pytest.approx(rows[f"oracle__{ch}"].mean())
+        assert line["All-white J-mean"] == pytest.approx(rows[f"white__{ch}"].mean())
+    group = table[(table["label"] == "NV") & ~table["correct"]]
+    line = result["groups"].loc["NV-wrong"]
+    assert line["Oracle J-mean"] == pytest.approx(group["oracle__union"].mean())
+    assert line["All-white J-mean"] == pytest.approx(group["white__union"].mean())
+
+
+def _random_overlap_table(rng: np.random.Generator, n: int, scale: float) -> pd.DataFrame:
+    """A per-image overlap table of :func:`compute_overlap`'s layout with random Jaccards."""
+    labels = rng.choice(["MEL", "NV", "BCC"], n)
+    table = pd.DataFrame(
+        {
+            "image_id": [f"ISIC_{i:07d}" for i in range(n)],
+            "isic2019_id": [f"ISIC_{i:07d}" for i in range(n)],
+            "label": labels,
+            "isic2019_split": rng.choice(["train", "test"], n),
+            "predicted": rng.choice(["MEL", "NV"], n),
+            "constant_map": False,
+        }
+    )
+    table["correct"] = table["predicted"] == table["label"]
+    for ch in CHANNELS:
+        table[f"has__{ch}"] = True
+        table[f"oracle__{ch}"] = 0.5
+        table[f"white__{ch}"] = 0.1
+        for t in THRESHOLDS:
+            table[f"J__{ch}__{t:.1f}"] = rng.uniform(0, scale, n)
+    return table
+
+
+def test_tabulate_adds_each_control_to_table00_and_its_models_table(tmp_path):
+    """Check a label-shuffled control adds a marked table00 block and a marked union row to its
+    own model's table (table02 for VGG16) only, with the control's numbers, not the model's."""
+    from melrepro.papers.gradcam_overlap.tables import CONTROL_SUFFIX, tabulate
+
+    rng = np.random.default_rng(5)
+    keys = {"vgg16": 0.6, "resnet50": 0.6, "vgg16_label_shuffled": 0.1}
+    predictions, overlap = {}, {}
+    for key, scale in keys.items():
+        preds = pd.DataFrame(
+            {"image_id": ["a", "b", "c"], "label": ["MEL", "NV", "NV"], "split": "test"}
+        )
+        preds["prediction"] = ["MEL", "NV", "MEL"] if scale > 0.5 else ["NV", "MEL", "MEL"]
+        predictions[key] = tmp_path / f"{key}.parquet"
+        preds.to_parquet(predictions[key])
+        overlap[key] = [tmp_path / f"{key}-000.parquet"]
+        _random_overlap_table(rng, 30, scale).to_parquet(overlap[key][0])
+    out = tabulate(
+        predictions,
+        overlap,
+        {"vgg16": "VGG16", "resnet50": "RESNET50"},
+        paper_values_path="config/paper_values/gradcam_overlap.csv",
+        example="ISIC_0000001",
+        tables_dir=tmp_path / "tables",
+        run_info={"data_source": "synthetic", "seed": 1},
+        controls={"vgg16_label_shuffled": "vgg16"},
+    )
+    control = "Union" + CONTROL_SUFFIX
+    assert control in out["table02"].index
+    assert control not in out["table03"].index
+    assert out["table02"].loc[control, "J-mean"] < 0.1 < out["table02"].loc["Union", "J-mean"]
+    assert out["table02"].loc[control, "Oracle J-mean"] == 0.5
+    models = out["table00"].index.get_level_values("Model")
+    assert list(dict.fromkeys(models)) == ["VGG16", "RESNET50", "VGG16" + CONTROL_SUFFIX]
+    assert out["table00"].loc[("VGG16" + CONTROL_SUFFIX, "All"), "Overall accuracy"] == 0.0
+    assert out["table00"].loc[("VGG16", "All"), "Overall accuracy"] == 2 / 3
+    assert (tmp_path / "tables/table02.csv").exists()

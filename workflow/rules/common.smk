@@ -422,14 +422,22 @@ def effnet_ham_truth():
 # ---- gradcam_overlap input functions (GRADCAM and GRADCAM_DIR come from gradcam_overlap.smk) ----
 
 
+def gradcam_spec(model):
+    """A model's config entry; a label-shuffled control (GRADCAM_CONTROLS) takes its model's."""
+    return GRADCAM["models"][GRADCAM_CONTROLS.get(model, model)]
+
+
 def gradcam_model(wildcards):
-    return GRADCAM["models"][wildcards.model]
+    return gradcam_spec(wildcards.model)
 
 
 def gradcam_settings(model):
-    """TrainOptions keys (and augment, class_weighting) of one model: train + model overrides."""
-    spec = GRADCAM["models"][model]
+    """TrainOptions keys (and augment, class_weighting, shuffle_train_labels) of one model:
+    train + model overrides; a control also shuffles its training labels."""
+    spec = gradcam_spec(model)
     keys = {"backbone": spec["backbone"], "image_size": spec["image_size"]}
+    if model in GRADCAM_CONTROLS:
+        keys["shuffle_train_labels"] = True
     return sorted_params({**GRADCAM["train"], **spec.get("train", {}), **keys})
 
 
@@ -438,7 +446,7 @@ def gradcam_cache(wildcards):
 
 
 def gradcam_grid(model):
-    h, w = GRADCAM["models"][model]["grid"]
+    h, w = gradcam_spec(model)["grid"]
     return f"g{h}x{w}"
 
 

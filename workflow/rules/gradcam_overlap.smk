@@ -3,6 +3,11 @@
 
 GRADCAM = config.get("gradcam_overlap", {})
 GRADCAM_MODELS = list(GRADCAM.get("models", {}))
+# label-shuffled control key -> its model (trained like it on permuted training labels)
+GRADCAM_CONTROLS = {
+    f"{m}_label_shuffled": m for m in GRADCAM.get("label_shuffled_control", [])
+}
+GRADCAM_TRAINED = GRADCAM_MODELS + list(GRADCAM_CONTROLS)
 GRADCAM_DIR = "results/gradcam_overlap"
 GRADCAM_SPLIT = split_file("isic2019", GRADCAM.get("split", "class_floor_80_10_10"))
 GRADCAM_TABLES = [f"table{k:02d}" for k in range(7)]
@@ -52,9 +57,7 @@ if GRADCAM:
             split=GRADCAM_SPLIT,
             cache=gradcam_cache,
             # ImageNet weights for offline nodes (weights.smk); empty unless pretrained.
-            weights=lambda wc: torchvision_weights(
-                GRADCAM["models"][wc.model]["backbone"]
-            ),
+            weights=lambda wc: torchvision_weights(gradcam_spec(wc.model)["backbone"]),
         output:
             model=f"{GRADCAM_DIR}/models/{{model}}/model.pt",
             history=f"{GRADCAM_DIR}/models/{{model}}/history.csv",
@@ -66,7 +69,7 @@ if GRADCAM:
         benchmark:
             "benchmarks/results/train_gradcam_overlap/{model}.tsv"
         wildcard_constraints:
-            model="|".join(GRADCAM_MODELS),
+            model="|".join(GRADCAM_TRAINED),
         conda:
             "../../envs/torch.yaml"
         threads: GRADCAM["threads"]
@@ -140,7 +143,7 @@ if GRADCAM:
         benchmark:
             "benchmarks/results/compute_gradcam_overlap/{model}/{shard}.tsv"
         wildcard_constraints:
-            model="|".join(GRADCAM_MODELS),
+            model="|".join(GRADCAM_TRAINED),
         conda:
             "../../envs/torch.yaml"
         threads: GRADCAM["threads"]
@@ -159,9 +162,9 @@ if GRADCAM:
         input:
             predictions=expand(
                 f"{GRADCAM_DIR}/models/{{model}}/predictions.parquet",
-                model=GRADCAM_MODELS,
+                model=GRADCAM_TRAINED,
             ),
-            tables=[t for m in GRADCAM_MODELS for t in gradcam_shards(m, "jaccard")],
+            tables=[t for m in GRADCAM_TRAINED for t in gradcam_shards(m, "jaccard")],
             # the further seeds' classifiers: table00 only (Grad-CAM reads the first seed's)
             seed_predictions=[
                 f"{folder}/predictions.parquet"
@@ -197,8 +200,9 @@ if GRADCAM:
             mem_mb=2000,
             runtime=10,
         params:
-            models=GRADCAM_MODELS,
+            models=GRADCAM_TRAINED,
             labels={m: GRADCAM["models"][m]["label"] for m in GRADCAM_MODELS},
+            controls=GRADCAM_CONTROLS,
             n_shards=n_shards("isic2018_task2"),
             n_seeds=GRADCAM.get("n_seeds", 1),
             example=GRADCAM["example"],

@@ -24,6 +24,8 @@ __all__ = [
     "LayerGradCAM",
     "border_mask",
     "cell_jaccard",
+    "cell_oracle_jaccard",
+    "cell_white_jaccard",
     "gradcam_layer_maps",
     "gradcam_maps",
     "jaccard",
@@ -212,6 +214,53 @@ def cell_jaccard(
     union = area + total - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, inter / np.maximum(union, 1), np.nan)
+
+
+def cell_oracle_jaccard(cell_pixels: np.ndarray, cell_mask: np.ndarray) -> np.ndarray:
+    """The best Jaccard with a mask that any nearest-upsampled, thresholded map at this grid
+    can reach: the maximum over every non-empty union of cells, exactly, from per-cell counts.
+
+    With ``m`` mask pixels and ``n`` pixels per cell, J(S) = sum_S m / (M + sum_S (n - m)); the
+    best S is a prefix of the cells sorted by mask density m / n (adding a denser cell never
+    lowers the best ratio reachable, Dinkelbach's argument), so the maximum over the prefixes is
+    the maximum over all 2^(h w) - 1 unions. The ceiling of :func:`cell_jaccard` at every
+    threshold of every map of this grid (paper 004's Tables 2-5 at this resolution).
+
+    Parameters
+    ----------
+    cell_pixels : (h, w) int, original-resolution pixels of each cell
+    cell_mask : (..., h, w) int, mask pixels of each cell (leading axes: several masks)
+
+    Returns
+    -------
+    (...) float64; NaN where the mask is empty.
+    """
+    n = np.asarray(cell_pixels, dtype=np.int64).ravel()
+    m = np.asarray(cell_mask, dtype=np.int64)
+    if m.shape[-2:] != np.shape(cell_pixels):
+        raise ValueError(f"shapes differ: pixels {np.shape(cell_pixels)}, mask {m.shape}")
+    m = m.reshape(*m.shape[:-2], n.size)
+    if np.any(m > n) or np.any(m < 0):
+        raise ValueError("a cell has more mask pixels than pixels (or fewer than 0)")
+    density = m / np.maximum(n, 1)
+    order = np.argsort(-density, axis=-1, kind="stable")
+    inter = np.cumsum(np.take_along_axis(m, order, axis=-1), axis=-1)
+    area = np.cumsum(n[order], axis=-1)
+    total = m.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        best = (inter / np.maximum(area + total - inter, 1)).max(axis=-1)
+    return np.where(total[..., 0] > 0, best, np.nan)
+
+
+def cell_white_jaccard(cell_pixels: np.ndarray, cell_mask: np.ndarray) -> np.ndarray:
+    """Jaccard of the all-white map (every pixel salient) with a mask: mask share of the image.
+
+    The trivial baseline of paper 004's Jaccard tables (any map at threshold 0.0 gives it).
+    (..., h, w) counts -> (...) float64; NaN where the mask is empty.
+    """
+    total = np.asarray(cell_mask, dtype=np.int64).sum(axis=(-2, -1))
+    pixels = int(np.asarray(cell_pixels, dtype=np.int64).sum())
+    return np.where(total > 0, total / max(pixels, 1), np.nan)
 
 
 def threshold_map(saliency: np.ndarray, threshold: float) -> np.ndarray:

@@ -28,6 +28,7 @@ __all__ = [
     "classifier_frame",
     "join_task2",
     "read_cache_subset",
+    "shuffle_train_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,25 @@ def classifier_frame(manifest_path: str | Path, split_path: str | Path) -> pd.Da
     frame["image_id"] = frame["image_id"].astype(str)
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     return frame
+
+
+#: Added to the run's seed for the label-shuffled control's permutation (its own stream).
+SHUFFLE_SEED_OFFSET = 4_004
+
+
+def shuffle_train_labels(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The classifier frame with the training split's labels permuted (seeded), for the
+    label-shuffled control: a model trained on them can learn the class prior, nothing that ties
+    an image to its class. Validation and test labels are untouched; the training label counts
+    (and so TIML's class weights) are those of the true labels."""
+    out = frame.copy()
+    train = np.flatnonzero(out["split"].to_numpy() == "train")
+    rng = np.random.default_rng(seed + SHUFFLE_SEED_OFFSET)
+    permuted = train[rng.permutation(len(train))]
+    for column in ("label", "y"):
+        out.loc[train, column] = out[column].to_numpy()[permuted]
+    out.attrs["shuffled"] = True
+    return out
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> list[float]:

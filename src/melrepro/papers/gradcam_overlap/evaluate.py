@@ -28,6 +28,7 @@ from melrepro.papers.gradcam_overlap.datasets import analysis_set, read_cache_su
 from melrepro.papers.gradcam_overlap.train import load_options
 
 __all__ = [
+    "BOUND_COLUMNS",
     "best_threshold",
     "class_metrics",
     "compute_overlap",
@@ -90,12 +91,19 @@ def _overlap_table(
     table["constant_map"] = constant
     jac = np.full((len(rows), len(CHANNELS), len(THRESHOLDS)), np.nan)
     has = np.zeros((len(rows), len(CHANNELS)), bool)
+    oracle = np.full((len(rows), len(CHANNELS)), np.nan)
+    white = np.full((len(rows), len(CHANNELS)), np.nan)
     for i, image_id in enumerate(rows["image_id"]):
         pixels, masks = counts[image_id]
         jac[i] = saliency.cell_jaccard(maps[i], pixels, masks, THRESHOLDS)
         has[i] = masks.sum(axis=(1, 2)) > 0
+        oracle[i] = saliency.cell_oracle_jaccard(pixels, masks)
+        white[i] = saliency.cell_white_jaccard(pixels, masks)
     for k, channel in enumerate(CHANNELS):
         table[f"has__{channel}"] = has[:, k]
+        # the ceiling (best union of cells of this grid) and the trivial all-white map
+        table[f"oracle__{channel}"] = oracle[:, k]
+        table[f"white__{channel}"] = white[:, k]
         for j, t in enumerate(THRESHOLDS):
             table[jaccard_column(channel, t)] = jac[:, k, j]
     return table
@@ -151,7 +159,10 @@ def compute_overlap(
     ``layer`` kept at its ``grid`` resolution, min-max normalised) and, for every channel
     (five features, union), its Jaccard at every threshold of :data:`THRESHOLDS` (NaN where the
     mask is empty). The table has one row per image: ``image_id, isic2019_id, label,
-    isic2019_split, predicted, correct, constant_map, has__<channel>, J__<channel>__<t>``.
+    isic2019_split, predicted, correct, constant_map, has__<channel>, J__<channel>__<t>``, and
+    per channel ``oracle__<channel>`` (the best Jaccard any map of this grid can reach,
+    :func:`~melrepro.methods.saliency.cell_oracle_jaccard`) and ``white__<channel>`` (the
+    all-white map's, :func:`~melrepro.methods.saliency.cell_white_jaccard`).
     """
     import torch
 
@@ -283,15 +294,43 @@ def _values(frame: pd.DataFrame, channel: str) -> np.ndarray:
     return frame[[jaccard_column(channel, t) for t in THRESHOLDS]].to_numpy(dtype=float)
 
 
+#: Columns beside every Jaccard row: where the model's J-mean sits between these two.
+BOUND_COLUMNS = ("Oracle J-mean", "All-white J-mean")
+
+
+def _bounds(frame: pd.DataFrame, channel: str) -> dict[str, float]:
+    """Mean oracle ceiling and mean all-white Jaccard of ``frame``'s images (NaN when none).
+
+    Older overlap tables without these columns give NaN.
+    """
+    out = {}
+    for name, prefix in zip(BOUND_COLUMNS, ("oracle", "white"), strict=True):
+        column = f"{prefix}__{channel}"
+        values = frame[column].to_numpy(dtype=float) if column in frame else np.array([])
+        out[name] = float(np.mean(values)) if len(values) else np.nan
+    return out
+
+
 def overlap_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Tables 2/3 (per feature), 4/5 (union by class and correctness) and the rows of table 6
-    for one model's analysis set."""
+    for one model's analysis set.
+
+    Every row of tables 2-5 also has :data:`BOUND_COLUMNS`: the mean over the same images of
+    the best Jaccard any map of the model's grid can reach and of the all-white map's.
+    """
     data = analysis_set(table)
     per_feature = []
     for channel in CHANNELS:
         subset = data[data[f"has__{channel}"]]
         stats = jaccard_stats(_values(subset, channel))
-        per_feature.append({"Feature": FEATURE_LABELS[channel], "n": len(subset), **stats})
+        per_feature.append(
+            {
+                "Feature": FEATURE_LABELS[channel],
+                "n": len(subset),
+                **stats,
+                **_bounds(subset, channel),
+            }
+        )
     t23 = pd.DataFrame(per_feature).set_index("Feature")
     union = _values(data, "union")
     g = best_threshold(union)
@@ -317,6 +356,7 @@ def overlap_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
                     "J-mean @global": at_global["J-mean"],
                     "J-SD @global": at_global["J-SD"],
                     "J-max @global": at_global["J-max"],
+                    **_bounds(data[mask], "union"),
                 }
             )
         j = g if g >= 0 else 0

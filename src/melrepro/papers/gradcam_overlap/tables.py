@@ -21,9 +21,10 @@ from melrepro.papers.gradcam_overlap.evaluate import (
     read_overlap_tables,
 )
 
-__all__ = ["TABLE00_METRICS", "tabulate"]
+__all__ = ["CONTROL_SUFFIX", "TABLE00_METRICS", "tabulate"]
 
-
+#: Appended to a model's label (table00's Model, table02/table03's Feature) in its control's rows.
+CONTROL_SUFFIX = " (label-shuffled control)"
 #: table00's columns that vary between seeds: mean +- SD when the classifiers train several seeds.
 TABLE00_METRICS = ("Accuracy", "Sensitivity", "Overall accuracy", "Balanced accuracy")
 
@@ -33,16 +34,22 @@ def _table00(
     labels: Mapping[str, str],
     models: list[str],
     seed_predictions: Mapping[str, Sequence[str | Path]],
+    controls: Mapping[str, str],
 ) -> pd.DataFrame:
-    """Per-class test metrics of every model, one block per model and seed (first seed first)."""
+    """Per-class test metrics of every model, one block per model and seed (first seed first),
+    then one per control."""
     blocks = []
-    for key in models:
-        for path in [predictions[key], *seed_predictions.get(key, [])]:
-            preds = pd.read_parquet(path)
-            test = preds[preds["split"] == "test"]
-            block = class_metrics(test["label"], test["prediction"])
-            block.insert(0, "Model", labels[key])
-            blocks.append(block)
+    runs = [
+        (key, path) for key in models for path in [predictions[key], *seed_predictions.get(key, [])]
+    ]
+    runs += [(key, predictions[key]) for key in controls]
+    for key, path in runs:
+        preds = pd.read_parquet(path)
+        test = preds[preds["split"] == "test"]
+        block = class_metrics(test["label"], test["prediction"])
+        label = labels[controls[key]] + CONTROL_SUFFIX if key in controls else labels[key]
+        block.insert(0, "Model", label)
+        blocks.append(block)
     return pd.concat(blocks, ignore_index=True).set_index(["Model", "Class"])
 
 
@@ -88,16 +95,40 @@ def _add_paper_u(
         )
 
 
+def _with_control_row(
+    features: pd.DataFrame,
+    overlap: Mapping[str, pd.DataFrame],
+    key: str,
+    controls: Mapping[str, str],
+    restrict: str | None,
+) -> pd.DataFrame:
+    """Table02/03 with the union row of ``key``'s label-shuffled control appended (if any)."""
+    for control, model in controls.items():
+        if model != key:
+            continue
+        table = overlap[control]
+        if restrict:
+            table = table[table["isic2019_split"] == restrict]
+        row = overlap_tables(table)["features"].loc[[FEATURE_LABELS["union"]]]
+        row.index = [FEATURE_LABELS["union"] + CONTROL_SUFFIX]
+        row.index.name = features.index.name
+        features = pd.concat([features, row])
+    return features
+
+
 def _statistics_tables(
     overlap: Mapping[str, pd.DataFrame],
     labels: Mapping[str, str],
     models: list[str],
     paper: pd.DataFrame,
     out: dict[str, pd.DataFrame],
+    controls: Mapping[str, str],
 ) -> None:
     """Add table02-table06 and their ``_test`` supplements (classifier test split only) to ``out``.
 
-    The first model fills table02/table04, the second table03/table05; table06 has both.
+    The first model fills table02/table04, the second table03/table05; table06 has both. A
+    model's label-shuffled control (``controls``: control key -> model key) adds its union row
+    to the model's table02/table03.
     """
     paper_u = paper[(paper["artifact"] == "table06") & (paper["column"] == "U")]
     paper_n = paper[paper["artifact"].isin(["table04", "table05"]) & (paper["column"] == "count")]
@@ -110,7 +141,9 @@ def _statistics_tables(
             if restrict:
                 table = table[table["isic2019_split"] == restrict]
             result = overlap_tables(table)
-            out[f"{table_id}{subset_name}"] = result["features"]
+            out[f"{table_id}{subset_name}"] = _with_control_row(
+                result["features"], overlap, key, controls, restrict
+            )
             out[f"{group_id}{subset_name}"] = result["groups"]
             mw = result["mann_whitney"]
             mw.insert(0, "Model", labels[key])
@@ -166,6 +199,7 @@ def tabulate(
     tables_dir: str | Path,
     run_info: Mapping[str, Any],
     seed_predictions: Mapping[str, Sequence[str | Path]] | None = None,
+    controls: Mapping[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write table00-table06, the test-split supplements and fig04/fig05's Jaccard CSVs.
 
@@ -184,6 +218,11 @@ def tabulate(
     seed_predictions : model key -> predictions.parquet of its further seeds (n_seeds > 1)
         table00 then reads mean +- SD over the seeds; Grad-CAM (table01-table06, fig04/fig05)
         stays on the first seed's model, ``predictions``.
+    controls : mapping, optional
+        Label-shuffled control key -> its model key; the controls' predictions and overlap
+        tables are in ``predictions`` and ``overlap_tables_paths`` too. Each adds a block to
+        table00 and a union row to its model's table02/table03 (marked by
+        :data:`CONTROL_SUFFIX`); nothing else.
     """
     from melrepro.report.runinfo import write_run_info
     from melrepro.report.scorecard import read_paper_values
@@ -191,12 +230,14 @@ def tabulate(
     from melrepro.report.tables import write_table
 
     tables_dir = Path(tables_dir)
-    models = list(predictions)
-    table00 = _table00(predictions, labels, models, seed_predictions or {})
+    controls = dict(controls or {})
+    models = [key for key in predictions if key not in controls]
+    table00 = _table00(predictions, labels, models, seed_predictions or {}, controls)
     out: dict[str, pd.DataFrame] = {"table00": table00}
-    overlap = {key: read_overlap_tables(overlap_tables_paths[key]) for key in models}
+    overlap = {key: read_overlap_tables(overlap_tables_paths[key]) for key in predictions}
     out["table01"] = _table01(overlap, labels, models)
-    _statistics_tables(overlap, labels, models, read_paper_values(paper_values_path), out)
+    paper = read_paper_values(paper_values_path)
+    _statistics_tables(overlap, labels, models, paper, out, controls)
     out |= _example_jaccards(overlap, models, example)
 
     titles = _titles(labels, models, example)
@@ -214,7 +255,7 @@ def tabulate(
     write_run_info(
         tables_dir,
         data_source=run_info["data_source"],
-        config={"labels": dict(labels), "example": example},
+        config={"labels": dict(labels), "example": example, "controls": controls},
         seed=run_info.get("seed"),
         weights="see results/gradcam_overlap/models/<model>/run_info.json",
     )

@@ -22,6 +22,7 @@ from melrepro.papers.gradcam_overlap.datasets import (
     class_weights,
     classifier_frame,
     read_cache_subset,
+    shuffle_train_labels,
 )
 
 __all__ = ["load_options", "train_classifier"]
@@ -32,13 +33,13 @@ logger = logging.getLogger(__name__)
 def _split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], str, str]:
     """The TrainOptions keys of a model's settings, its ``augment`` and ``class_weighting``.
 
-    ``label`` (the tables' name), ``layer`` and ``grid`` (Grad-CAM's) are not training settings.
+    ``label`` (the tables' name), ``layer`` and ``grid`` (Grad-CAM's) are not training settings,
+    nor is ``shuffle_train_labels`` (the label-shuffled control, read by the caller).
     """
     settings = dict(settings)
     augment = settings.pop("augment", "dihedral8")
     weighting = settings.pop("class_weighting", "max_over_f")
-    settings.pop("label", None)
-    for key in ("layer", "grid"):
+    for key in ("label", "layer", "grid", "shuffle_train_labels"):
         settings.pop(key, None)
     return settings, augment, weighting
 
@@ -117,6 +118,7 @@ def _write_results(
         "n_images": frame.groupby("split").size().to_dict(),
         "class_weights": weights,
         "augment": augment,
+        "shuffle_train_labels": bool(frame.attrs.get("shuffled", False)),
     }
     return training.write_run_outputs(
         result,
@@ -159,8 +161,10 @@ def train_classifier(
     model_key : str
         ``vgg16`` or ``resnet50`` (used in logs and outputs).
     settings : mapping
-        ``augment`` (dihedral8, random_dihedral, none), ``class_weighting`` (max_over_f, none)
-        and :class:`~melrepro.methods.training.TrainOptions` keys (backbone, image_size, head...).
+        ``augment`` (dihedral8, random_dihedral, none), ``class_weighting`` (max_over_f, none),
+        ``shuffle_train_labels`` (true: the label-shuffled control, training labels permuted by
+        :func:`~.datasets.shuffle_train_labels`) and
+        :class:`~melrepro.methods.training.TrainOptions` keys (backbone, image_size, head...).
     run_info : mapping
         ``data_source``, ``seed``, ``pretrained``, ``device``.
 
@@ -171,8 +175,11 @@ def train_classifier(
     """
     from melrepro.methods import training
 
+    shuffled = bool(settings.get("shuffle_train_labels", False))
     settings, augment, weighting = _split_settings(settings)
     frame = classifier_frame(manifest_path, split_path)
+    if shuffled:
+        frame = shuffle_train_labels(frame, int(run_info["seed"]))
     train_y = frame.loc[frame["split"] == "train", "y"].to_numpy()
     weights = class_weights(train_y, len(CLASSES)) if weighting == "max_over_f" else None
     options = _train_options(settings, weights, run_info, threads)
@@ -221,7 +228,8 @@ def train_classifier(
         metrics_path,
         result,
         data_source=run_info["data_source"],
-        config=dict(settings) | {"augment": augment, "class_weighting": weighting},
+        config=dict(settings)
+        | {"augment": augment, "class_weighting": weighting, "shuffle_train_labels": shuffled},
         seed=options.seed,
     )
     return info
