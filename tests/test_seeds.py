@@ -157,7 +157,7 @@ def test_gradcam_overlap_table00_over_seeds(tmp_path):
         frame = pd.DataFrame({"split": "test", "label": labels, "prediction": predictions})
         frame.to_parquet(path)
         paths.append(path)
-    table = _table00({"vgg16": paths[0]}, {"vgg16": "VGG16"}, ["vgg16"], {"vgg16": paths[1:]})
+    table = _table00({"vgg16": paths[0]}, {"vgg16": "VGG16"}, ["vgg16"], {"vgg16": paths[1:]}, {})
     folded = aggregate_seeds(table, ["Sensitivity"])
     per_seed = [
         class_metrics(labels, pd.read_parquet(p)["prediction"]).set_index("Class") for p in paths
