@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melrepro.data.layouts import ATTRIBUTES, HAM10000_SEGMENTATIONS
+from melrepro.data.layouts import ATTRIBUTES, HAM10000_SEGMENTATIONS, HAM10000_TEST_METADATA
 from melrepro.data.manifests import build_manifest, check_images, index_dataset
 from melrepro.data.splits import make_split
 
@@ -138,6 +138,12 @@ def _task3(root: Path) -> None:
             _zip(root / HAM10000_SEGMENTATIONS, _masks(folder, ids))
     # The Dataverse form: the 7 classic columns plus `dataset` (kept as raw_dataset).
     shutil.copyfile(source / "dataverse" / "HAM10000_metadata.csv", root / "HAM10000_metadata.csv")
+    # Dataverse's test ground truth in HAM10000 form (lesion ids of the test images), kept under
+    # its own name beside the challenge's one-hot file of the same name.
+    shutil.copyfile(
+        source / "dataverse" / "ISIC2018_Task3_Test_GroundTruth.csv",
+        root / HAM10000_TEST_METADATA,
+    )
 
 
 def _isic2019(root: Path) -> None:
@@ -273,6 +279,48 @@ def test_task3_keeps_the_dataverse_columns_and_lesions(standin):
         "train": 10015,
         "val": 193,
     }
+
+
+def test_task3_test_images_get_their_dataverse_lesions(standin, tmp_path):
+    """Check the optional Dataverse test file gives the 1,512 test images their 1,223 lesions
+    (226 of them with more than one image), and that without it ingest still runs with each test
+    image a lesion of its own."""
+    root = standin("isic2018_task3")
+    index = index_dataset(root, "isic2018_task3")
+    test = index[index["official_split"] == "test"]
+    assert test["lesion_id"].notna().all()
+    assert test["lesion_id"].str.startswith("HAMTEST_").all()
+    sizes = test.groupby("lesion_id").size()
+    assert (len(sizes), int((sizes > 1).sum()), int(sizes[sizes > 1].sum())) == (1223, 226, 515)
+    assert test["raw_dataset"].value_counts().get("external") == 316
+    assert index.loc[index["official_split"] == "val", "lesion_id"].isna().all()
+    bare = tmp_path / "isic2018_task3"
+    shutil.copytree(root, bare, ignore=shutil.ignore_patterns(HAM10000_TEST_METADATA))
+    without = index_dataset(bare, "isic2018_task3")
+    assert without.loc[without["official_split"] == "test", "lesion_id"].isna().all()
+    train = index["official_split"] == "train"
+    pd.testing.assert_frame_equal(
+        without[train].drop(columns="raw_dataset"), index[train].drop(columns="raw_dataset")
+    )
+
+
+def test_task3_lesion_split_keeps_test_lesions_whole(standin):
+    """Check lesion_70_15_15 puts no lesion on two sides now that the test images have their
+    lesion ids; with each test image its own group (the file absent), over a hundred test lesions
+    would cross (125 lesions, 292 images at seed 0 on the index; the issue saw 112 / 263)."""
+    from melrepro.papers.effnet_ham.datasets import check_lesions_disjoint
+
+    index = index_dataset(standin("isic2018_task3"), "isic2018_task3")
+    split = make_split(index, "lesion_70_15_15", seed=0)
+    sides = index[["image_id", "lesion_id"]].merge(split, on="image_id")
+    check_lesions_disjoint(sides)
+    singletons = make_split(index.assign(lesion_id=index["lesion_id"].where(
+        index["official_split"] != "test")), "lesion_70_15_15", seed=0)  # fmt: skip
+    crossing = index[["image_id", "lesion_id"]].merge(singletons, on="image_id")
+    n_sides = crossing.groupby("lesion_id")["split"].nunique()
+    crossed = n_sides[n_sides > 1].index
+    assert len(crossed) > 100
+    assert crossed.str.startswith("HAMTEST_").all()
 
 
 def test_task2_ids_are_in_isic2019_but_one_isic2017_test_nevus(standin):
