@@ -328,6 +328,32 @@ def test_ham10000_is_resolved_on_dataverse(server, lock, tmp_path):
     assert "persistentId=doi%3A10.7910%2FDVN%2FDBW86T" in server.requests[0][0]
 
 
+def test_ham10000_test_ground_truth_is_found_by_its_dataverse_name(server, monkeypatch):
+    """Check the HAM10000 form of the task-3 test ground truth, kept as HAM10000_TEST_METADATA,
+    is looked up on Dataverse as ISIC2018_Task3_Test_GroundTruth (a tabular upload), with the
+    datafile's fixed address next."""
+    from melrepro.data.download import remote_urls
+    from melrepro.data.layouts import HAM10000_TEST_METADATA
+
+    listing = {
+        "status": "OK",
+        "data": [
+            {
+                "label": "ISIC2018_Task3_Test_GroundTruth.tab",
+                "dataFile": {"id": 6924466, "filename": "ISIC2018_Task3_Test_GroundTruth.tab"},
+            },
+        ],
+    }
+    server.files["/dv/api/datasets/:persistentId/versions/:latest-published/files"] = json.dumps(
+        listing
+    ).encode()
+    urls = remote_urls(
+        "isic2018_task3", HAM10000_TEST_METADATA, dataverse_api=f"{server.base}/dv", timeout_s=5
+    )
+    assert urls[0] == f"{server.base}/dv/api/access/datafile/6924466?format=original"
+    assert urls[1] == "https://dataverse.harvard.edu/api/access/datafile/6924466?format=original"
+
+
 def test_unofficial_file_name_is_refused(lock, tmp_path):
     """Check a name that is not an official file of the dataset is refused before any request."""
     with pytest.raises(ValueError, match="not an official downloadable file of isic2019"):

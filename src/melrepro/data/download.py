@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from melrepro import __version__
 from melrepro.data.archive_io import file_fingerprint
-from melrepro.data.layouts import ARCHIVE_HOSTS, CsvSpec, layout
+from melrepro.data.layouts import ARCHIVE_HOSTS, DATAVERSE_NAMES, CsvSpec, layout
 from melrepro.data.pinned_ids import check_pinned_ids, id_queries
 
 __all__ = [
@@ -508,7 +508,10 @@ def remote_urls(
     # HAM10000 lives on Dataverse; challenge hosts (or a user's mirror) are a last resort.
     urls = []
     if dataverse_api:
-        resolved = _dataverse_file_url(dataverse_api, HAM10000_DOI, name, timeout_s=timeout_s)
+        remote_name = DATAVERSE_NAMES.get(name, name)
+        resolved = _dataverse_file_url(
+            dataverse_api, HAM10000_DOI, remote_name, timeout_s=timeout_s
+        )
         if resolved:
             urls.append(resolved)
     urls += list(official[name].urls) + [base + name for base in bases]

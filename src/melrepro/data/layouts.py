@@ -13,7 +13,9 @@ __all__ = [
     "ARCHIVE_HOSTS",
     "ATTRIBUTES",
     "DATASETS",
+    "DATAVERSE_NAMES",
     "HAM10000_SEGMENTATIONS",
+    "HAM10000_TEST_METADATA",
     "CsvSpec",
     "DatasetLayout",
     "ImageSet",
@@ -35,6 +37,18 @@ DATAVERSE_HAM10000 = (
     "https://dataverse.harvard.edu/api/datasets/:persistentId/versions/:latest/files"
     "?persistentId=doi:10.7910/DVN/DBW86T"
 )
+#: The HAM10000 form of the task-3 test ground truth (lesion_id, dx, dx_type, age, sex,
+#: localization, dataset of the 1,512 test images; Dataverse datafile 6924466, a tabular upload
+#: served as its original CSV). On Dataverse it is named ``ISIC2018_Task3_Test_GroundTruth.csv``,
+#: like the challenge's one-hot test ground truth, whose content differs: the archive folder keeps
+#: it under this name.
+HAM10000_TEST_METADATA = "HAM10000_ISIC2018_Task3_Test_GroundTruth.csv"
+#: Dataverse names of files kept under another name here (looked up by that name).
+DATAVERSE_NAMES = {HAM10000_TEST_METADATA: "ISIC2018_Task3_Test_GroundTruth.csv"}
+_DATAVERSE_DIRECT = {
+    HAM10000_TEST_METADATA: "https://dataverse.harvard.edu/api/access/datafile/6924466"
+    "?format=original"
+}
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,8 @@ class DatasetLayout:
         remote = []
         for name in self.files():
             if name.startswith("HAM10000_"):
-                remote.append(RemoteFile(name, (DATAVERSE_HAM10000,)))
+                direct = (_DATAVERSE_DIRECT[name],) if name in _DATAVERSE_DIRECT else ()
+                remote.append(RemoteFile(name, (*direct, DATAVERSE_HAM10000)))
             else:
                 remote.append(
                     RemoteFile(name, tuple(h.format(year=self.year) + name for h in ARCHIVE_HOSTS))
@@ -259,6 +274,14 @@ DATASETS: dict[str, DatasetLayout] = {
                 _HAM,
                 "image_id",
                 {c: "str" for c in _HAM} | {"age": "float?"},
+            ),
+            # Lesion ids of the test images (without it each test image is a lesion of its own).
+            CsvSpec(
+                HAM10000_TEST_METADATA,
+                _HAM,
+                "image_id",
+                {c: "str" for c in _HAM} | {"age": "float?"},
+                optional=True,
             ),
         ),
     ),

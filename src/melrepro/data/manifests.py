@@ -400,7 +400,9 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
             frame["lesion_id"] = frame["image_id"].map(meta["lesion_id"])
         parts.append(frame)
     frame = pd.concat(parts, ignore_index=True)
-    for extra in spec.extra_csvs:  # HAM10000 metadata: lesion ids for the training images
+    # HAM10000 metadata: lesion ids for the training images, and for the test images where the
+    # optional Dataverse test file is there (absent: each test image is a lesion of its own).
+    for extra in spec.extra_csvs:
         ham = read_checked_csv(archive, extra)
         if ham is None:
             continue
@@ -412,17 +414,21 @@ def _index_one_hot(archive: ArchiveFolder, spec: DatasetLayout) -> pd.DataFrame:
                 f"{ham['image_id'].iloc[row]!r}, which is in no image zip"
             )
         meta = ham.set_index("image_id")
-        frame["lesion_id"] = frame["image_id"].map(meta["lesion_id"])
-        frame["age"] = frame["image_id"].map(meta["age"]).astype("Float64")
         _sex(ham["sex"], archive.path(extra.file))  # rows named
-        frame["sex"] = _sex(frame["image_id"].map(meta["sex"]))
-        frame["site"] = frame["image_id"].map(meta["localization"])
+        # Each file covers its own images: what it does not name stays as an earlier file set it.
+        mine = frame["image_id"].isin(meta.index)
+        ids = frame.loc[mine, "image_id"]
+        frame.loc[mine, "lesion_id"] = ids.map(meta["lesion_id"])
+        frame["age"] = frame.get("age", pd.Series(pd.NA, index=frame.index)).astype("Float64")
+        frame.loc[mine, "age"] = ids.map(meta["age"]).astype("Float64")
+        frame.loc[mine, "sex"] = _sex(ids.map(meta["sex"]))
+        frame.loc[mine, "site"] = ids.map(meta["localization"])
         # Every column without a typed twin is kept verbatim (dx, dx_type and, in the Dataverse
         # form of the file, `dataset`: which collection an image comes from).
         typed = {"lesion_id", "age", "sex", "localization"}
         for column in meta.columns:
             if column not in typed:
-                frame[f"raw_{column}"] = frame["image_id"].map(meta[column])
+                frame.loc[mine, f"raw_{column}"] = ids.map(meta[column])
     return frame
 
 

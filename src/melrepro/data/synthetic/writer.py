@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from melrepro.data.layouts import ATTRIBUTES, DATASETS, ImageSet
+from melrepro.data.layouts import ATTRIBUTES, DATASETS, HAM10000_TEST_METADATA, ImageSet
 from melrepro.data.synthetic.draw import Rendered, render
 from melrepro.data.synthetic.plan import ImagePlan, plan_dataset
 from melrepro.data.synthetic.spec import resolve_spec
@@ -386,8 +386,9 @@ def _write_folder(
     return written
 
 
-def _write_ham(plans: list[ImagePlan], outdir: Path) -> Path:
-    """HAM10000_metadata.csv: the training images only, as the real file."""
+def _write_ham(plans: list[ImagePlan], outdir: Path, split: str = "train") -> Path:
+    """HAM10000_metadata.csv (the training images, as the real file) or, for ``split="test"``,
+    its Dataverse twin for the test images (:data:`HAM10000_TEST_METADATA`)."""
     columns = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset")
     rows = [
         {
@@ -401,10 +402,10 @@ def _write_ham(plans: list[ImagePlan], outdir: Path) -> Path:
             "dataset": "vidir_modern",
         }
         for p in sorted(
-            (p for p in plans if p.split == "train"), key=lambda p: (p.lesion_id, p.image_id)
+            (p for p in plans if p.split == split), key=lambda p: (p.lesion_id, p.image_id)
         )
     ]
-    path = outdir / "HAM10000_metadata.csv"
+    path = outdir / ("HAM10000_metadata.csv" if split == "train" else HAM10000_TEST_METADATA)
     path.write_bytes(_csv(columns, rows))
     return path
 
@@ -490,6 +491,7 @@ def write_synthetic_archive(
             written += _write_labels(dataset, image_set, split_plans, outdir, year)
     if dataset == "isic2018_task3":
         written.append(_write_ham(plans, outdir))
+        written.append(_write_ham(plans, outdir, "test"))
     if dataset == "isic2020":
         rows = [
             {"image_name_1": p.duplicate_of, "image_name_2": p.image_id}
