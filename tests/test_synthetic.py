@@ -243,12 +243,14 @@ def test_demographics_correlate_with_label(archives: dict[str, Path]) -> None:
     plans = plan_dataset("isic2020", resolve_spec("isic2020", {}), 0)
     mel = [p.age for p in plans if p.label == "melanoma"]
     ben = [p.age for p in plans if p.label == "benign"]
-    assert np.mean(mel) > np.mean(ben) + 5
-    # several images per patient and per lesion, melanoma prevalence 8-10 %
+    # ages are drawn per patient from the patient's worst lesion: with one melanoma in six images
+    # (the default twin since issue 20) many benign images share a melanoma patient's age
+    assert np.mean(mel) > np.mean(ben) + 2
+    # several images per patient and per lesion, melanoma prevalence ~1/6 (100 of 600 training)
     patients = [p.patient_id for p in plans]
     assert len(set(patients)) < len(patients) / 3
     train = [p for p in plans if p.split == "train"]
-    assert 0.08 <= np.mean([p.label == "melanoma" for p in train]) <= 0.10
+    assert 0.15 <= np.mean([p.label == "melanoma" for p in train]) <= 0.18
 
 
 def test_isic2020_duplicates_are_copies(archives: dict[str, Path]) -> None:
@@ -398,8 +400,10 @@ def test_isic2020_difficulty_swaps_melanoma_and_benign_styles() -> None:
     from melrepro.data.synthetic.plan import plan_dataset
 
     counts = {"train": {"melanoma": 80, "benign": 240}, "test": {"melanoma": 0, "benign": 0}}
-    base = resolve_spec("isic2020", {"counts": counts, "images_per_lesion": 1.0, "duplicates": 0})
-    assert base["difficulty"] == 0.0
+    base = resolve_spec(
+        "isic2020",
+        {"counts": counts, "images_per_lesion": 1.0, "duplicates": 0, "difficulty": 0.0},
+    )
     plain = plan_dataset("isic2020", base, 7)
     mixed = plan_dataset("isic2020", {**base, "difficulty": 0.3}, 7)
 
