@@ -166,6 +166,28 @@ def test_table_has_one_row_per_training_with_known_values(trainings):
     assert math.isnan(gcn["images/s"])
 
 
+def test_a_further_seed_is_a_training_of_its_own(tmp_path):
+    """Check a seed-<i>/ folder (n_seeds > 1) reads as its model's training, named by its seed."""
+    common = {"best_epoch": 1, "backbone": "resnet18", "epochs": 2, "monitor": "val_loss"}
+    keys = {"val_auroc": 0.8, "n_train": 10}
+    first = _core_training(
+        tmp_path / "results/siim2020/models/patient/base/all",
+        seconds=[1.0, 1.0], paper_keys=keys, seed=2024, **common,
+    )  # fmt: skip
+    second = _core_training(
+        tmp_path / "results/siim2020/models/patient/base/all/seed-1",
+        seconds=[1.0, 2.0], paper_keys=keys, seed=3024, **common,
+    )  # fmt: skip
+    table = training_table([first, second])
+    assert table["training"].tolist() == ["patient/base/all", "patient/base/all/seed-1"]
+    assert table["variant"].tolist() == [
+        "all, patient protocol",
+        "all, patient protocol, seed-1",
+    ]
+    assert table["seed"].tolist() == [2024, 3024]
+    assert table["model"].nunique() == 1
+
+
 def test_a_core_training_without_metrics_is_refused(trainings):
     (trainings[0].parent / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="metrics.json"):

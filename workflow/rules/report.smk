@@ -186,20 +186,37 @@ rule write_folder_run_info:
 
 #: The history file of every training, by paper (sp_graphs trains no network); each training's
 #: metrics.json and run_info.json lie beside it. Only the active papers (TRAINING_PAPERS) are read.
+#: Every seed (n_seeds) and every label-shuffled control is a training of its own.
 TRAINING_HISTORIES = {
     "gcn_mil": [
         f"{GCN_MIL_OUT}/models/{a}/run-{r}_history.tsv"
         for a in GCN_MIL_READINGS
         for r in GCN_MIL_RUNS
+    ]
+    + [
+        f"{GCN_MIL_OUT}/models/{GCN_MIL_CONTROL}/run-{r}_history.tsv"
+        for r in GCN_MIL_CONTROL_RUNS
     ],
     "siim2020": (
-        [f"{siim_model_dir(*t)}/history.csv" for t in siim_trainings()] if SIIM else []
+        [
+            f"{folder}/history.csv"
+            for t in siim_trainings()
+            for folder in seed_folders(siim_model_dir(*t), SIIM)
+        ]
+        if SIIM
+        else []
     ),
     "effnet_ham": [
-        f"{EFFNET_HAM_DIR}/models/{v}/history.csv" for v in EFFNET_HAM_VARIANTS
+        f"{folder}/history.csv"
+        for v in EFFNET_HAM_TRAINED
+        for folder in effnet_ham_seed_folders(v)
     ],
     "gradcam_overlap": [
-        f"{GRADCAM_DIR}/models/{m}/history.csv" for m in GRADCAM_MODELS
+        f"{folder}/history.csv"
+        for m in GRADCAM_TRAINED
+        for folder in seed_folders(
+            f"{GRADCAM_DIR}/models/{m}", GRADCAM if m in GRADCAM_MODELS else {}
+        )
     ],
 }
 #: The metrics.json beside each history (gcn_mil: run-<R>_metrics.json; its run_info.json is no

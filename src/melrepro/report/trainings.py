@@ -95,6 +95,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+#: The folder of a model's further seed (``seed-<i>``, i >= 1), under the model's own folder.
+_SEED_FOLDER = re.compile(r"seed-[1-9]\d*")
+
+
 def _paper_and_parts(history_path: Path) -> tuple[str, list[str]]:
     """The paper (the folder above ``models``) and the folders between ``models`` and the file."""
     parts = history_path.parts
@@ -114,6 +118,11 @@ def _cnn_training(paper: str, folders: list[str], history_path: Path) -> Trainin
     options = metrics.get("options", {})
     backbone = options.get("backbone", "")
     n_images = metrics.get("n_images", {})
+    # a further seed of a model (n_seeds > 1) lies in seed-<i>/ under the model's folder
+    seed_folder = folders[-1] if folders and _SEED_FOLDER.fullmatch(folders[-1]) else None
+    model_folders = folders[:-1] if seed_folder else folders
+    name = "/".join(folders)
+    folders = model_folders
     if paper == "effnet_ham":
         model, variant = backbone, folders[0]
         metric, value = "val AUROC", metrics.get("val", {}).get("auroc", math.nan)
@@ -127,9 +136,11 @@ def _cnn_training(paper: str, folders: list[str], history_path: Path) -> Trainin
         metric, value = "val accuracy", metrics.get("best_val_accuracy", math.nan)
     else:
         raise ValueError(f"{history_path}: no reader for paper {paper!r}")
+    if seed_folder:
+        variant = f"{variant}, {seed_folder}" if variant else seed_folder
     return Training(
         paper=paper,
-        name="/".join(folders),
+        name=name,
         model=model,
         variant=variant,
         history=pd.read_csv(history_path),
