@@ -27,6 +27,7 @@ official CSV) are the twin's own melanomas with its ids and metadata.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
@@ -275,11 +276,12 @@ class _Drawer:
         rng = np.random.default_rng(_key(self.seed, "image", source))
         view = sample_view(rng)
         scene = sample_scene(rng, self.width, self.height, self.spec)
-        if facts.patient_id:
+        if facts.patient_id:  # Scene is frozen: replaced, not assigned
             tone = np.random.default_rng(_key(self.seed, "patient", facts.patient_id))
-            scene.skin_tone = float(tone.beta(1.2, 2.2)) * self.spec["skin_tone_max"]
+            skin = float(tone.beta(1.2, 2.2)) * self.spec["skin_tone_max"]
+            scene = dataclasses.replace(scene, skin_tone=skin)
         if facts.label == "melanoma" and self.dark_melanoma != 1.0:
-            scene.brightness *= self.dark_melanoma
+            scene = dataclasses.replace(scene, brightness=scene.brightness * self.dark_melanoma)
         return render(self._lesion(facts), view, scene)
 
 
