@@ -82,6 +82,13 @@ else:
     MELREPRO_SRC = Path(melrepro.__file__).parents[1]
 
 from melrepro.data.layouts import DATASETS as LAYOUTS
+from melrepro.data.rehearsal import (
+    DEFAULT_IMAGE_SIZE,
+    REHEARSAL_LOCK,
+    TASK2_IMAGE_LIST,
+    generated_files,
+    taken_files,
+)
 from melrepro.report.script_imports import source_digest
 from melrepro.report.seeds import training_seed
 
@@ -253,6 +260,15 @@ MELANOMA_FOLDER = (
 )
 
 
+def fetched_files(dataset):
+    """The official files of `dataset` that the download or link rules bring: all of them for
+    source isic; for the rehearsal, its CSVs only (melrepro.data.rehearsal.taken_files).
+    """
+    if SOURCE == "rehearsal":
+        return taken_files(dataset, archive_dir=bool(config["data"].get("archive_dir")))
+    return LAYOUTS[dataset].files()
+
+
 def official_file_regex():
     """A `file` wildcard regex that matches only the official names of the dataset before it.
 
@@ -260,9 +276,79 @@ def official_file_regex():
     matches no rule.
     """
     return "|".join(
-        f"(?<={re.escape(d)}/)(?:{'|'.join(re.escape(f) for f in LAYOUTS[d].files())})"
+        f"(?<={re.escape(d)}/)(?:{'|'.join(re.escape(f) for f in fetched_files(d))})"
         for d in FILE_DATASETS
+        if fetched_files(d)
     )
+
+
+# ---- the rehearsal (data.source: rehearsal; melrepro.data.rehearsal) ----
+
+REHEARSAL = {"image_size": DEFAULT_IMAGE_SIZE, "task2_image_list": None} | config[
+    "data"
+].get("rehearsal", {})
+
+
+def rehearsal_lock(dataset):
+    """The rehearsal's own lock of `dataset` (verify_archives input); nothing otherwise."""
+    if SOURCE != "rehearsal":
+        return []
+    return [f"{ARCHIVES}/{dataset}/{REHEARSAL_LOCK}"]
+
+
+def verify_lock(dataset):
+    """The lock verify_archives checks against: the rehearsal's own, else the official one."""
+    return (rehearsal_lock(dataset) or [config["data"]["checksums"]])[0]
+
+
+def rehearsal_outputs(dataset):
+    """What the rehearsal of `dataset` writes: its drawn zips, or the archive melanomas' folder."""
+    if LAYOUTS[dataset].folder:
+        return [directory(MELANOMA_FOLDER)]
+    archive_dir = bool(config["data"].get("archive_dir"))
+    return [
+        f"{ARCHIVES}/{dataset}/{name}"
+        for name in generated_files(dataset, archive_dir=archive_dir)
+    ]
+
+
+def task2_image_list():
+    """data.rehearsal.task2_image_list, else the list's file in data.archive_dir (under
+    isic2018_task2/ or flat): the task-2 training ids, which no official CSV lists."""
+    if REHEARSAL["task2_image_list"]:
+        return REHEARSAL["task2_image_list"]
+    archive_dir = config["data"].get("archive_dir")
+    candidates = [
+        Path(archive_dir) / sub / TASK2_IMAGE_LIST
+        for sub in ("isic2018_task2", "")
+        if archive_dir
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise WorkflowError(
+        "data.source rehearsal of isic2018_task2 needs the list of its training images (no "
+        f"official CSV has it): set data.rehearsal.task2_image_list, or put {TASK2_IMAGE_LIST} "
+        "into data.archive_dir (README.md, 'Rehearsal')."
+    )
+
+
+def rehearsal_row_files(dataset):
+    """The official CSVs the rehearsal of `dataset` reads its rows from (task 2: the ISIC 2019
+    and ISIC 2017 rows of its images, and its image list)."""
+    if dataset == "isic2018_task2":
+        return [
+            f"{ARCHIVES}/{d}/{f}"
+            for d in ("isic2019", "isic2017")
+            for f in fetched_files(d)
+        ] + [task2_image_list()]
+    return [f"{ARCHIVES}/{dataset}/{f}" for f in fetched_files(dataset)]
+
+
+def rehearsal_row_input(dataset):
+    """rehearsal_row_files as an input function: the task-2 list is looked for only when its
+    job is wanted."""
+    return lambda wildcards: rehearsal_row_files(dataset)
 
 
 def archive_files(dataset):

@@ -1,4 +1,4 @@
-# Data: archives (synthetic twin or the official files), ingest, image cache, splits, data report.
+# Data: archives (synthetic twin, the official files, or the rehearsal of both), ingest, image cache, splits, data report.
 
 
 if SOURCE == "synthetic":
@@ -43,6 +43,41 @@ if SOURCE == "synthetic":
 else:
 
     include: "download.smk"
+
+
+if SOURCE == "rehearsal":
+
+    # The rehearsal: the official CSVs come through download.smk (the real lock), the images are
+    # drawn per official row at data.rehearsal.image_size px into the official zips.
+    for _dataset in DATASETS:
+
+        rule:
+            name:
+                f"make_rehearsal_{_dataset}"
+            input:
+                rows=rehearsal_row_input(_dataset),
+            output:
+                files=rehearsal_outputs(_dataset),
+                lock=f"{ARCHIVES}/{_dataset}/rehearsal_checksums.tsv",
+            log:
+                f"logs/make_rehearsal_archive/{_dataset}.log",
+            benchmark:
+                f"benchmarks/results/make_rehearsal_archive/{_dataset}.tsv"
+            conda:
+                "../../envs/data.yaml"
+            threads: 1
+            resources:
+                mem_mb=4000,
+                runtime=120,
+            params:
+                dataset=_dataset,
+                image_size=REHEARSAL["image_size"],
+                seed=config["seed"],
+                archive_dir=config["data"].get("archive_dir"),
+                checksums=config["data"]["checksums"],
+                melanoma_limit=config["data"]["archive_melanomas"]["limit"],
+            script:
+                "../../scripts/make_rehearsal_archive.py"
 
 
 rule check_images:

@@ -1,4 +1,4 @@
-# The official archives (data.source: isic): download or link every official file of DESIGN.md
+# The official archives (data.source: isic; the rehearsal takes its CSVs here): download or link every official file of DESIGN.md
 # section 1, check it against the SHA-256 lock (config/archive_checksums.tsv) and write
 # resources/archives/<dataset>/verified.json, which ingest depends on. Included by data.smk.
 
@@ -78,43 +78,45 @@ else:
             "../../scripts/download_archive_file.py"
 
 
-localrules:
-    download_archive_melanomas,
+if SOURCE == "isic":
 
+    localrules:
+        download_archive_melanomas,
 
-rule download_archive_melanomas:
-    input:
-        # The ids to fetch (config/README.md, "Pinned archive melanomas").
-        pinned_ids=pinned_melanoma_ids()[0],
-    output:
-        images=directory(MELANOMA_FOLDER),
-    log:
-        f"logs/download_archive_melanomas/isic_archive_melanoma.log",
-    benchmark:
-        f"benchmarks/results/download_archive_melanomas/isic_archive_melanoma.tsv"
-    retries: 1
-    conda:
-        "../../envs/data.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=120,
-    params:
-        query=lambda wildcards: config["data"]["archive_melanomas"]["query"],
-        limit=config["data"]["archive_melanomas"]["limit"],
-        accept_unpinned=config["data"]["archive_melanomas"]["accept_unpinned"],
-        archive_dir=config["data"].get("archive_dir"),
-        checksums=config["data"]["checksums"],
-        chunk_mb=config["data"]["download"]["chunk_mb"],
-        cache_dir=DOWNLOAD_CACHE,
-        rejected_dir=REJECTED,
-    script:
-        "../../scripts/download_archive_melanomas.py"
+    rule download_archive_melanomas:
+        input:
+            # The ids to fetch (config/README.md, "Pinned archive melanomas").
+            pinned_ids=pinned_melanoma_ids()[0],
+        output:
+            images=directory(MELANOMA_FOLDER),
+        log:
+            f"logs/download_archive_melanomas/isic_archive_melanoma.log",
+        benchmark:
+            f"benchmarks/results/download_archive_melanomas/isic_archive_melanoma.tsv"
+        retries: 1
+        conda:
+            "../../envs/data.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=120,
+        params:
+            query=lambda wildcards: config["data"]["archive_melanomas"]["query"],
+            limit=config["data"]["archive_melanomas"]["limit"],
+            accept_unpinned=config["data"]["archive_melanomas"]["accept_unpinned"],
+            archive_dir=config["data"].get("archive_dir"),
+            checksums=config["data"]["checksums"],
+            chunk_mb=config["data"]["download"]["chunk_mb"],
+            cache_dir=DOWNLOAD_CACHE,
+            rejected_dir=REJECTED,
+        script:
+            "../../scripts/download_archive_melanomas.py"
 
 
 rule verify_archives:
     input:
         archives=lambda wc: archive_files(wc.dataset),
+        rehearsal_lock=lambda wc: rehearsal_lock(wc.dataset),
     output:
         verified=f"{ARCHIVES}/{{dataset}}/verified.json",
     log:
@@ -131,7 +133,8 @@ rule verify_archives:
         mem_mb=1000,
         runtime=120,
     params:
-        checksums=config["data"]["checksums"],
+        # The rehearsal's drawn files are checked against their own lock, never the official one.
+        checksums=lambda wc: verify_lock(wc.dataset),
         chunk_mb=config["data"]["download"]["chunk_mb"],
         rejected_dir=REJECTED,
     script:

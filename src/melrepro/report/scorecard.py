@@ -12,7 +12,8 @@ reproduced value, and a *verdict* (:func:`verdict`, the one place verdicts are d
 - count, on real data: ``agrees`` within the paper's precision (an integer: exactly), else
   ``differs``;
 - setting: ``agrees`` or ``differs`` (a DEVIATION of the run), on any data;
-- ``not judged``: counts and metrics on synthetic data (the twin says nothing about a paper);
+- ``not judged``: counts and metrics on synthetic data (the twin says nothing about a paper),
+  metrics on rehearsal data (the official rows with drawn images: its counts are judged);
 - ``by construction``: values the method fixes whatever the data (``by_construction`` column of
   the paper's CSV), never counted as agreement;
 - ``missing`` when the table has no such cell.
@@ -70,6 +71,9 @@ MARGIN_RULE_COLUMNS = ("paper", "artifact", "row", "column", "family", "margin")
 #: Every verdict a number can get (:func:`verdict`), in the summary's order.
 VERDICTS = ("agrees", "inconclusive", "differs", "missing", "by construction", "not judged")
 DEFAULT_PROTOCOL = "as the paper describes"
+#: Data sources whose images are drawn: their metrics are never judged. The rehearsal's rows are
+#: the official ones, so its counts are (``synthetic`` rows are drawn too: nothing is judged).
+DRAWN_IMAGE_SOURCES = ("synthetic", "rehearsal")
 
 
 def read_paper_values(path: str | Path) -> pd.DataFrame:
@@ -269,6 +273,7 @@ def verdict(
     margin: float | None = None,
     interval: tuple[float | None, float | None] | None = None,
     real_data: bool = False,
+    real_rows: bool | None = None,
     by_construction: str = "",
 ) -> tuple[str, str]:
     """``(verdict, reason)`` of one number; the only place verdicts are decided.
@@ -280,7 +285,8 @@ def verdict(
     widened band, ``differs`` when it misses the paper's band, ``inconclusive`` in between (an
     interval too wide to tell) and without an interval or a margin. Counts (only on real data)
     and settings agree when the reproduced value lies in the paper's band. Values the method
-    fixes whatever the data (``by_construction``: the reason) are never judged.
+    fixes whatever the data (``by_construction``: the reason) are never judged. ``real_rows``
+    (default: ``real_data``) judges counts alone: the rehearsal's official rows with drawn images.
     """
     if _absent(reproduced):
         return "missing", "the reproduced table has no such cell"
@@ -292,12 +298,15 @@ def verdict(
         if low <= reproduced <= high:
             return "agrees", "the run uses the paper's setting"
         return "differs", "the run deviates from the paper's setting (see DEVIATION)"
-    if not real_data:
-        return "not judged", "synthetic data: the number shows the pipeline runs, not the paper"
-    if quantity == "count":
+    counts_judged = real_data if real_rows is None else real_rows
+    if quantity == "count" and counts_judged:
         if low <= reproduced <= high:
             return "agrees", "within the paper's precision"
         return "differs", "outside the paper's precision"
+    if not real_data:
+        if counts_judged:
+            return "not judged", "rehearsal data: real rows, drawn images; the metric says nothing"
+        return "not judged", "synthetic data: the number shows the pipeline runs, not the paper"
     if _absent(margin):
         return "inconclusive", "no margin configured for this metric family"
     if interval is None or any(_absent(v) or not np.isfinite(v) for v in interval):
@@ -346,7 +355,8 @@ def score_paper(
         ``results/<paper>/tables``; a table's ``<column> CI low`` / ``<column> CI high`` columns
         are the reproduced value's 95 % interval.
     data_source : str
-        ``synthetic`` or ``isic`` (counts and metrics are only judged on real data).
+        ``synthetic``, ``isic`` or ``rehearsal`` (counts are judged on the real rows of isic and
+        rehearsal, metrics on isic only).
     quantities_path : path, optional
         ``config/paper_values/quantities.csv`` (see :func:`classify`).
     margins_path : path, optional
@@ -392,7 +402,8 @@ def score_paper(
             precision=precision,
             margin=margin,
             interval=(low, high),
-            real_data=data_source != "synthetic",
+            real_data=data_source not in DRAWN_IMAGE_SOURCES,
+            real_rows=data_source != "synthetic",
             by_construction=constructed,
         )
         if record.quantity == "metric" and seeds is not None and seeds > 1:
@@ -497,7 +508,8 @@ def summarize(scorecards: dict[str, pd.DataFrame]) -> str:
         "states) widened by the margin of the metric's family (`config/paper_values/margins.csv`):",
         "*agree* when the whole interval lies inside, *differ* when the interval misses the paper's",
         "value, *inconclusive* when the interval is wider than the margin or there is no interval.",
-        "A count agrees when it lies within the paper's precision, and is only judged on real data;",
+        "A count agrees when it lies within the paper's precision, and is only judged on real rows",
+        "(`isic`, or the `rehearsal`: the official CSVs with drawn images, whose metrics are not judged);",
         "a setting differs where the run deviates. *By construction*: values the method fixes",
         "whatever the data, never counted as agreement. *Not judged*: counts and metrics computed",
         "on `synthetic` data, which only show that the pipeline runs end to end; run with",
