@@ -45,6 +45,30 @@ def _needs(workdir: Path, *relative: str) -> None:
         pytest.skip(f"not in the given run: {missing}")
 
 
+def _empty_prediction_group(workdir: Path, card: pd.DataFrame) -> pd.Series:
+    """Scorecard rows of gradcam_overlap table04-table06 whose MEL/NV x correct/wrong group holds
+    no image in the default run (which groups a 2-epoch classifier from random weights fills is
+    its own affair: VGG16 may call every task-2 image MEL). Each such row must say so: its group
+    has count 0 in the reproduced table04/table05 (n1 or n2 0 in table06)."""
+    tables = workdir / "results/gradcam_overlap/tables"
+    empty = pd.Series(False, index=card.index)
+    for artifact in ("table04", "table05"):
+        table = pd.read_csv(tables / f"{artifact}.csv").set_index("Feature")
+        empty |= (card["artifact"] == artifact) & card["row"].map(
+            lambda row, c=table["count"]: row in c.index and c[row] == 0
+        )
+    table06 = pd.read_csv(tables / "table06.csv")
+    for _, test in table06.iterrows():
+        if min(test["n1"], test["n2"]) == 0:
+            empty |= (card["artifact"] == "table06") & (
+                card["row"] == f"{test['Model']} / {test['Vs.']}"
+            )
+    # an empty group's statistics are reported missing, never given a value (its count is 0)
+    statistics = empty & ~card["column"].isin(["count", "n1", "n2"])
+    assert card.loc[statistics, "reproduced_value"].isna().all()
+    return empty
+
+
 def test_full_default_run_builds_every_artifact(default_run):
     """Check `snakemake` on the embedded default builds every artifact id and the scorecard."""
     workdir = default_run
@@ -55,6 +79,8 @@ def test_full_default_run_builds_every_artifact(default_run):
             for suffix in suffixes:
                 assert (workdir / f"results/{paper}/{kind}/{artifact}{suffix}").exists(), artifact
         card = pd.read_csv(workdir / f"results/scorecard/{paper}.csv")
+        if paper == "gradcam_overlap":
+            card = card[~_empty_prediction_group(workdir, card)]
         assert card["reproduced_value"].notna().mean() > 0.9, paper
         assert set(card["data_source"]) == {"synthetic"}
     assert "effnet_ham" in (workdir / "results/scorecard/summary.md").read_text()
