@@ -93,3 +93,17 @@ def twin_node_signals(levels: tuple[int, ...] = (20, 60)) -> list[np.ndarray]:
         for labels in superpixel_ensemble(img, levels, lab=maps.slic_lab).values():
             out.extend(node_signals(maps, labels).values())
     return out
+
+
+def put_on_path(tmp_path: Path, monkeypatch, name: str, script: str) -> Path:
+    """An executable ``name`` holding ``script``, first on PATH for this test (a fake CLI)."""
+    import os
+    import stat
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / name
+    exe.write_text(script)
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return exe

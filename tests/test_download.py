@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import threading
@@ -20,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import put_on_path
 
 from melrepro.data import download
 from melrepro.data.download import (
@@ -445,12 +444,7 @@ sys.exit(int(os.environ.get("FAKE_ISIC_EXIT", "0")))
 @pytest.fixture
 def fake_isic(tmp_path, monkeypatch):
     """A fake `isic` on PATH that writes two jpgs and metadata.csv into its OUTDIR."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "isic"
-    exe.write_text(FAKE_ISIC.format(python=sys.executable))
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    put_on_path(tmp_path, monkeypatch, "isic", FAKE_ISIC.format(python=sys.executable))
     monkeypatch.setenv("FAKE_ISIC_ARGS", str(tmp_path / "args.json"))
     return tmp_path / "args.json"
 

@@ -9,13 +9,13 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import put_on_path
 
 from melrepro.data.archive_io import IngestError
 from melrepro.data.download import download_archive_melanomas, read_checksums
@@ -71,12 +71,7 @@ writer.writerows(rows)
 @pytest.fixture
 def fake_isic(tmp_path, monkeypatch):
     """A fake `isic` on PATH; returns the file listing its calls (one JSON argv a line)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "isic"
-    exe.write_text(FAKE_ISIC.format(python=sys.executable))
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    put_on_path(tmp_path, monkeypatch, "isic", FAKE_ISIC.format(python=sys.executable))
     monkeypatch.setenv("FAKE_ISIC_ARCHIVE", json.dumps(ARCHIVE))
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_ISIC_CALLS", str(calls))
