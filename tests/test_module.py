@@ -105,11 +105,7 @@ def test_wrapper_plans_every_paper_and_runs_jobs_from_the_module(tmp_path):
     config = yaml.safe_load((module / "config" / "config.yaml").read_text())
     wrapper = _wrapper(module, config, rename=" as melrepro_*")
     env = _hide_installed(tmp_path, module)
-    jobs = _jobs(_snakemake(wrapper, "-n", "--quiet", "rules", env=env))
-    assert jobs["melrepro_ingest_dataset"] == len(DATASETS)
-    for paper in ("gcn_mil", "sp_graphs", "siim2020", "effnet_ham", "gradcam_overlap"):
-        assert jobs[f"melrepro_tabulate_{paper}"] == 1
-    assert jobs["melrepro_score_paper"] == 5
+    _assert_plans_every_paper(wrapper, env)
     # A file of the workflow (docs/) and a rule script that imports melrepro (run info), this
     # time with the test's own melrepro installed and on PYTHONPATH: the job must still import
     # the module's. Its run info tells which: code_version is the `git describe` of the checkout
@@ -140,6 +136,15 @@ def test_wrapper_runs_data_part_and_a_paper_table_from_the_module_package(tmp_pa
     _snakemake(wrapper, *targets, "--cores", "2", env=env)
 
     _check_gcn_mil_outputs(wrapper, module)
+
+
+def _assert_plans_every_paper(wrapper: Path, env: dict[str, str]) -> None:
+    """`snakemake -n` in the wrapper plans the module's (renamed) rules for every dataset and paper."""
+    jobs = _jobs(_snakemake(wrapper, "-n", "--quiet", "rules", env=env))
+    assert jobs["melrepro_ingest_dataset"] == len(DATASETS)
+    for paper in ("gcn_mil", "sp_graphs", "siim2020", "effnet_ham", "gradcam_overlap"):
+        assert jobs[f"melrepro_tabulate_{paper}"] == 1
+    assert jobs["melrepro_score_paper"] == 5
 
 
 def _check_gcn_mil_outputs(wrapper: Path, module: Path) -> None:
@@ -216,11 +221,7 @@ def test_remote_module_plans_runs_and_then_has_nothing_to_do(tmp_path, remote_mo
     deviations = (module / "docs" / "deviations.md").read_text()
     env = _installed_package(tmp_path, module)
     wrapper = _wrapper(module, config, rename=" as melrepro_*", snakefile=url)
-    jobs = _jobs(_snakemake(wrapper, "-n", "--quiet", "rules", env=env))
-    assert jobs["melrepro_ingest_dataset"] == len(DATASETS)
-    for paper in ("gcn_mil", "sp_graphs", "siim2020", "effnet_ham", "gradcam_overlap"):
-        assert jobs[f"melrepro_tabulate_{paper}"] == 1
-    assert jobs["melrepro_score_paper"] == 5
+    _assert_plans_every_paper(wrapper, env)
     targets = ["results/deviations.md", "results/data/tables/run_info.json"]
     _snakemake(wrapper, *targets, "--cores", "1", env=env)
     assert (wrapper / "results" / "deviations.md").read_text() == deviations

@@ -23,6 +23,24 @@ __all__ = ["SEED_METRICS", "tabulate_table01", "tabulate_table02"]
 SEED_METRICS = ("Threshold", "F1-Score", "ROC-AUC", "Recall", "Validation ROC-AUC")
 
 
+def _evaluation_cells(result: Mapping[str, Any]) -> dict[str, Any]:
+    """table01's cells of one evaluated model or reference row, from its metrics mapping."""
+    return {
+        "Model": result["label"],
+        "Threshold": round(result["threshold"], 4),
+        "F1-Score": round(result["f1"], 4),
+        "ROC-AUC": round(result["auroc"], 4),
+        "Recall": round(result["recall"], 4),
+        "Threshold rule": result["threshold_rule"],
+        "Protocol": result["protocol"],
+        "Evaluation images": result["n_eval"],
+        "Evaluation melanomas": result["n_eval_melanomas"],
+        "Evaluation prevalence %": round(
+            100 * result["n_eval_melanomas"] / max(result["n_eval"], 1), 2
+        ),
+    }
+
+
 def _reference_rows(
     infos: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -37,18 +55,7 @@ def _reference_rows(
     for ref in [*(label_prior_row(i) for i in first.values()), *references]:
         rows.append(
             {
-                "Model": ref["label"],
-                "Threshold": round(ref["threshold"], 4),
-                "F1-Score": round(ref["f1"], 4),
-                "ROC-AUC": round(ref["auroc"], 4),
-                "Recall": round(ref["recall"], 4),
-                "Threshold rule": ref["threshold_rule"],
-                "Protocol": ref["protocol"],
-                "Evaluation images": ref["n_eval"],
-                "Evaluation melanomas": ref["n_eval_melanomas"],
-                "Evaluation prevalence %": round(
-                    100 * ref["n_eval_melanomas"] / max(ref["n_eval"], 1), 2
-                ),
+                **_evaluation_cells(ref),
                 "Training images": ref.get("n_train"),
                 "Weights": "none (computed)",
             }
@@ -80,18 +87,7 @@ def tabulate_table01(
     for i in infos:
         rows.append(
             {
-                "Model": i["label"],
-                "Threshold": round(i["threshold"], 4),
-                "F1-Score": round(i["f1"], 4),
-                "ROC-AUC": round(i["auroc"], 4),
-                "Recall": round(i["recall"], 4),
-                "Threshold rule": i["threshold_rule"],
-                "Protocol": i["protocol"],
-                "Evaluation images": i["n_eval"],
-                "Evaluation melanomas": i["n_eval_melanomas"],
-                "Evaluation prevalence %": round(
-                    100 * i["n_eval_melanomas"] / max(i["n_eval"], 1), 2
-                ),
+                **_evaluation_cells(i),
                 "Validation ROC-AUC": round(i["val_auroc"], 4),
                 "Training images": i["n_train"],
                 "Epochs": i["epochs_run"],
