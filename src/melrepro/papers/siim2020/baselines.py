@@ -75,10 +75,10 @@ def metadata_logistic_row(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from melrepro.papers.siim2020.images import read_brightness
-
     manifest = pd.read_parquet(manifest_path)
-    colour = read_brightness(brightness_paths)
+    # the brightness shards (images.read_brightness, read here: that module needs torch, and this
+    # runs in the report environment)
+    colour = pd.concat([pd.read_parquet(p) for p in brightness_paths], ignore_index=True)
     rows = pd.read_parquet(rows_path)
     rows = rows[rows["dataset"] == "all"]
     train, ev = rows[rows["role"] == "train"], rows[rows["role"] == "eval"]
