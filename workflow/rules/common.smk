@@ -447,6 +447,14 @@ def seed_folders(folder, paper_config):
     return [folder] + [f"{folder}/seed-{i}" for i in range(1, n_seeds)]
 
 
+def effnet_ham_seed_folders(variant):
+    """effnet_ham (EFFNET_* in effnet_ham.smk): the training folders of ``variant``: its seeds (``n_seeds``); the control trains once."""
+    return seed_folders(
+        f"{EFFNET_HAM_DIR}/models/{variant}",
+        EFFNET_HAM if variant in EFFNET_HAM_VARIANTS else {},
+    )
+
+
 def seed_run_info(wildcards):
     """run_info_params() of the training with seed index ``wildcards.seed``."""
     return {

@@ -12,14 +12,6 @@ EFFNET_HAM_TRAINED = EFFNET_HAM_VARIANTS + (
 )
 
 
-def effnet_ham_seed_folders(variant):
-    """The training folders of ``variant``: its seeds (``n_seeds``); the control trains once."""
-    return seed_folders(
-        f"{EFFNET_HAM_DIR}/models/{variant}",
-        EFFNET_HAM if variant in EFFNET_HAM_VARIANTS else {},
-    )
-
-
 EFFNET_HAM_FIG = EFFNET_HAM.get("figures_variant", "baseline2")
 if EFFNET_HAM and EFFNET_HAM_FIG not in EFFNET_HAM_VARIANTS:
     raise WorkflowError(
