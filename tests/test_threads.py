@@ -64,6 +64,7 @@ def _run_train_script(task3, out: Path, monkeypatch, *, granted: int, declared: 
             "recipe": RECIPE,
             "overrides": {"epochs": 1},
             "malignant_labels": ["MEL", "BCC", "AKIEC"],
+            "label_shuffled": False,
             "checkpoint_dir": str(out / "checkpoints"),
             "loader_workers": 0,
             "augment_on": "auto",
