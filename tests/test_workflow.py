@@ -50,10 +50,12 @@ def test_dry_run_default_config_plans_every_paper(tmp_path):
     assert jobs["summarize_scorecard"] == 1
     for paper, figure in {"gcn_mil": "fig01", "sp_graphs": "fig04", "effnet_ham": "fig04"}.items():
         assert jobs[f"draw_rulegraph_{paper}"] == 1, figure
-    # gcn_mil: both readings of Eq. 1 (block, stride) x n_runs = 1, on one set of features.
-    assert jobs["train_gcn_mil"] == jobs["evaluate_gcn_mil"] == 2 * 1
-    # siim2020: 3 models x 4 datasets (patient split) + the base model under the author's protocol
-    assert jobs["train_siim2020"] == 12 + 4
+    # gcn_mil: both readings of Eq. 1 (block, stride) x n_runs = 1, on one set of features, and
+    # the label-shuffled control (one run of the block reading)
+    assert jobs["train_gcn_mil"] == jobs["evaluate_gcn_mil"] == 2 * 1 + 1
+    # siim2020: 3 models x 4 datasets (patient split) + the base model under the author's
+    # protocol + the label-shuffled control (Base All)
+    assert jobs["train_siim2020"] == 12 + 4 + 1
     assert jobs["build_siim2020_datasets"] == 2
     assert jobs["prepare_siim2020_images"] == 2  # one per isic2020 shard
     assert not (workdir / "results").exists()
