@@ -174,7 +174,7 @@ def _is_own_file(snakefile):
         )
     uri = RULES_BASEDIR.join("../../Snakefile").get_path_or_uri(secret_free=True)
     folder = RULES_BASEDIR.get_path_or_uri(secret_free=True)
-    # a rule made by `use rule ... with:` (the seed trainings) keeps its source file object
+    # the seed trainings (made with "use rule ... with") keep a source-file object here
     if hasattr(snakefile, "get_path_or_uri"):
         snakefile = snakefile.get_path_or_uri(secret_free=True)
     snakefile = str(snakefile)
