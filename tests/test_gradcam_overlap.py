@@ -251,6 +251,8 @@ def _classifier(backbone: str, size: int, hidden: int = 4) -> nn.Module:
         # the default's VGG16 (DEVIATION: with batch norm) at the paper size and at the default's
         ("vgg16_bn", 450, "block5_conv3", (28, 28), 100_352),
         ("vgg16_bn", 64, "block5_conv3", (4, 4), 2_048),
+        # the default's ResNet50 (DEVIATION: Grad-CAM one stage earlier, stride 16) at 112 px
+        ("resnet50", 112, "res4f_branch2c", (7, 7), 32_768),
     ],
 )
 def test_paper_layer_shapes(backbone, size, layer, grid, flat):
@@ -262,8 +264,10 @@ def test_paper_layer_shapes(backbone, size, layer, grid, flat):
     assert model.n_flatten == flat
     assert model.head[0].in_features == flat
     assert layer_grid(model, layer, size) == grid
-    if backbone == "resnet50":
+    if layer == "res5c_branch2c":
         assert keras_layer(model, layer) is model.backbone.layer4[2].conv3
+    if layer == "res4f_branch2c":
+        assert keras_layer(model, layer) is model.backbone.layer3[5].conv3
 
 
 @pytest.mark.parametrize(("backbone", "index", "n_bn"), [("vgg16", 29, 0), ("vgg16_bn", 42, 13)])

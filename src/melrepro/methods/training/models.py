@@ -181,6 +181,9 @@ KERAS_LAYERS = {
     # res5c_branch2c: the last bottleneck's 1x1 convolution, before its batch norm, the residual
     # add and the ReLU (layer4[2].conv3), not the block output layer4[-1].
     ("resnet50", "res5c_branch2c"): lambda net: net.layer4[2].conv3,
+    # res4f_branch2c: the same convolution in the last bottleneck of stage 4 (layer3[5].conv3),
+    # stride 16 instead of 32: the embedded default's ResNet50 layer (a 7x7 grid at 112 px).
+    ("resnet50", "res4f_branch2c"): lambda net: net.layer3[5].conv3,
 }
 
 
@@ -233,7 +236,7 @@ def use_flatten_mlp_head(model: CNNClassifier, options: TrainOptions) -> CNNClas
 
 
 def keras_layer(model: CNNClassifier, name: str) -> nn.Module:
-    """The torchvision module of a Keras layer name (``block5_conv3``, ``res5c_branch2c``)."""
+    """The torchvision module of a Keras layer name (``block5_conv3``, ``res5c_branch2c``...)."""
     try:
         return KERAS_LAYERS[(model.backbone_name, name)](model.backbone)
     except KeyError:
