@@ -99,3 +99,49 @@ def test_outside_fraction_and_border():
     assert saliency.outside_fraction(s, ~frame) == 1.0
     s[5, 5] = 3.0
     assert saliency.outside_fraction(s, lesion) == pytest.approx(0.25)
+
+
+def _reference_layer_gradcam(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> np.ndarray:
+    """Grad-CAM by hand with the full backward (every weight trainable): ReLU(sum_k mean(dy/dA_k) A_k)
+    of the arg-max logit at ``layer``'s resolution, min-max scaled."""
+    saved = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: saved.update(a=out))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    chosen = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    (grad,) = torch.autograd.grad(chosen, saved["a"])
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * saved["a"]).sum(1)).detach().numpy()
+    return np.stack([saliency.normalize_map(m) for m in cam])
+
+
+@pytest.mark.parametrize(
+    ("backbone", "layer", "size"),
+    [("vgg16_bn", "block5_conv3", 64), ("resnet50", "res4f_branch2c", 64)],
+)
+def test_backward_stopping_at_the_layer_keeps_the_maps_and_skips_the_layers_below(
+    backbone, layer, size
+):
+    """Check Grad-CAM with the backward stopped at the target layer equals the full-backward
+    reference, computes no weight gradient below it, and leaves the weights trainable."""
+    from melrepro.methods.training.models import keras_layer
+
+    torch.manual_seed(0)
+    model = training.CNNClassifier(backbone, 8).eval()
+    target = keras_layer(model, layer)
+    x = torch.randn(3, 3, size, size)
+    expected = _reference_layer_gradcam(model, x, target)
+    maps, classes, _ = saliency.gradcam_layer_maps(model, x, target, batch_size=2)
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    with torch.no_grad():
+        assert classes.tolist() == model(x).argmax(1).tolist()
+    assert all(p.requires_grad for p in model.parameters())
+
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    model.zero_grad(set_to_none=True)
+    with saliency.backward_stops_at(model, target):
+        model(x).max(1).values.sum().backward()
+    assert first_conv.weight.grad is None  # the backward never reached the first layer
+    model(x).max(1).values.sum().backward()
+    assert first_conv.weight.grad is not None  # outside the context it does

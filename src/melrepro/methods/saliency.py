@@ -9,7 +9,8 @@ falling outside a lesion or inside the image border).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 __all__ = [
     "LayerGradCAM",
+    "backward_stops_at",
     "border_mask",
     "cell_jaccard",
     "cell_oracle_jaccard",
@@ -55,6 +57,35 @@ def predicted_classes(
             ]
         )
     return (logits.squeeze(-1) >= 0).long().tolist() if binary else logits.argmax(1).tolist()
+
+
+@contextmanager
+def backward_stops_at(model: nn.Module, target_layer: nn.Module) -> Iterator[None]:
+    """Let a backward pass run from the output down to ``target_layer`` only.
+
+    Grad-CAM needs the gradient at the target layer's output, not below it, and no weight
+    gradient at all; with the weights trainable, ``loss.backward()`` also runs through every
+    layer under the target and computes every weight's gradient (for VGG16's last convolution,
+    about half of the Grad-CAM time). Inside this context the parameters are frozen and the
+    layer's output is detached and made to require gradients, so the backward stops there. The
+    gradient at the layer is the same computation, so the maps are unchanged. Register before
+    the CAM object: its hooks must see the new output. Parameters are restored on exit.
+    """
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+
+    def new_leaf(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        # clone: a non-leaf copy, so that an in-place op after the layer stays legal
+        return output.detach().requires_grad_(True).clone()
+
+    handle = target_layer.register_forward_hook(new_leaf)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def normalize_map(saliency: np.ndarray) -> np.ndarray:
@@ -116,7 +147,10 @@ def gradcam_maps(
         raise ValueError(f"{len(classes)} classes for {len(images)} images")
     target_cls = BinaryClassifierOutputTarget if binary else ClassifierOutputTarget
     maps = []
-    with GradCAM(model=model, target_layers=[target_layer]) as cam:
+    with (
+        backward_stops_at(model, target_layer),
+        GradCAM(model=model, target_layers=[target_layer]) as cam,
+    ):
         for i in range(0, len(images), batch_size):
             batch = images[i : i + batch_size].to(device)
             targets = [target_cls(int(c)) for c in classes[i : i + batch_size]]
@@ -160,17 +194,27 @@ def gradcam_layer_maps(
     _check_batch(images)
     model.eval()
     device = next(model.parameters()).device
-    if classes is None:
-        classes = predicted_classes(model, images, batch_size=batch_size, binary=False)
-    classes = [int(c) for c in classes]
-    if len(classes) != len(images):
-        raise ValueError(f"{len(classes)} classes for {len(images)} images")
+    if classes is not None:
+        classes = [int(c) for c in classes]
+        if len(classes) != len(images):
+            raise ValueError(f"{len(classes)} classes for {len(images)} images")
+    explained: list[int] = []
     raw = []
-    with LayerGradCAM(model=model, target_layers=[target_layer]) as cam:
+    with (
+        backward_stops_at(model, target_layer),
+        LayerGradCAM(model=model, target_layers=[target_layer]) as cam,
+    ):
         for i in range(0, len(images), batch_size):
             batch = images[i : i + batch_size].to(device)
-            targets = [ClassifierOutputTarget(c) for c in classes[i : i + batch_size]]
-            raw.append(cam(input_tensor=batch, targets=targets))
+            if classes is None:
+                # the library explains the arg-max logit of the same forward pass: the
+                # predicted class, without a second forward pass to find it
+                raw.append(cam(input_tensor=batch, targets=None))
+                explained.extend(cam.outputs.detach().argmax(1).cpu().tolist())
+            else:
+                targets = [ClassifierOutputTarget(c) for c in classes[i : i + batch_size]]
+                raw.append(cam(input_tensor=batch, targets=targets))
+    classes = classes if classes is not None else explained
     raw_maps = np.concatenate(raw)
     constant = np.array([float(m.max() - m.min()) <= 1e-6 for m in raw_maps])
     maps = np.stack(
