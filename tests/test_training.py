@@ -484,3 +484,42 @@ def test_write_run_outputs_publishes_predictions_model_and_metrics(tmp_path):
     assert written["train_seconds"] == pytest.approx(float(result.history["seconds"].sum()))
     assert written["weights"] == result.weights == "random_init"
     assert written["options"] == opts.to_dict()
+
+
+def _train_tiny(tmp_path, name: str, **options):
+    images, labels = _blobs(16)
+    val_images, val_labels = _blobs(8, seed=1)
+    opts = training.TrainOptions.from_dict(
+        {**TINY, "epochs": 2, "freeze_epochs": 0, "sampler_positive_fraction": None, **options}
+    )
+    return opts, training.train_model(
+        training.ArrayDataset(images, labels, per_image_normalize),
+        training.ArrayDataset(val_images, val_labels, per_image_normalize),
+        opts,
+        checkpoint_dir=tmp_path / name,
+    )
+
+
+def test_cpu_channels_last_trains_in_that_layout_reproducibly(tmp_path):
+    """Check cpu_channels_last trains the convolutions in channels-last layout on the CPU, gives the
+    same weights twice, is part of the fingerprint only when on, and the default stays contiguous."""
+    opts, on = _train_tiny(tmp_path, "on", cpu_channels_last=True)
+    _, again = _train_tiny(tmp_path, "again", cpu_channels_last=True)
+    default_opts, off = _train_tiny(tmp_path, "off")
+    assert on.device == "cpu"
+    convs = [m for m in on.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not all(
+        c.weight.is_contiguous(memory_format=torch.channels_last)
+        for c in off.model.modules()
+        if isinstance(c, torch.nn.Conv2d) and c.kernel_size != (1, 1)
+    )
+    for key, value in on.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[key], value, rtol=0, atol=0)
+    assert opts.fingerprint() != default_opts.fingerprint()
+    assert (
+        default_opts.fingerprint()
+        == training.TrainOptions.from_dict(
+            {**default_opts.to_dict(), "cpu_channels_last": False}
+        ).fingerprint()
+    )
